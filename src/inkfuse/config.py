@@ -1,0 +1,289 @@
+"""Recipes: typed, validated configuration for every part of a run.
+
+A recipe is a TOML file with one table per section (`[data]`, `[model]`, `[diffusion]`,
+`[train]`, `[sample]`). Every key is a dataclass field below; its metadata carries the allowed
+choices or range, so validation is one generic pass and every error is one line that names the
+key, the bad value and what would be accepted. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from inkfuse.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def choice(default: Any, *options: Any, doc: str = "") -> Any:
+    """A field whose value must be one of `options`."""
+    return field(default=default, metadata={"choices": options, "doc": doc})
+
+
+def bounded(default: Any, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
+    """A numeric field that must lie in [lo, hi] (either end open when None)."""
+    return field(default=default, metadata={"range": (lo, hi), "doc": doc})
+
+
+def listed(default: list, doc: str = "") -> Any:
+    return field(default_factory=lambda: list(default), metadata={"doc": doc})
+
+
+@dataclass
+class DataConfig:
+    name: str = choice(
+        "shapes", "shapes", "mnist", "fashion-mnist", "cifar10", "folder", "npy",
+        doc="dataset from the registry (`inkfuse data list`)",
+    )
+    path: str = field(default="", metadata={"doc": "image folder or .npy file (folder/npy)"})
+    labels_path: str = field(default="", metadata={"doc": "labels .npy beside `path` (npy)"})
+    split: str = choice("train", "train", "test")
+    size: int = bounded(32, 8, 512, doc="images are resized to size x size")
+    labels: str = choice(
+        "class", "class", "context", "none",
+        doc="what the model is conditioned on: class ids, context vectors, or nothing",
+    )
+    limit: int = bounded(0, 0, None, doc="use only the first N images (0 = all)")
+    count: int = bounded(20000, 1, 10_000_000, doc="images to generate (shapes)")
+    max_objects: int = bounded(1, 1, 2, doc="objects per image (shapes)")
+    hflip: bool = False
+    crop_padding: int = bounded(0, 0, 64, doc="random crop after zero padding by this many px")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = choice(
+        "unet", "unet", "plain-unet",
+        doc="plain-unet has no time input (the course's first experiment)",
+    )
+    in_channels: int = bounded(0, 0, 64, doc="0 = from the data")
+    cond_dim: int = bounded(0, 0, 100_000, doc="classes or context width; 0 = from the data")
+    base_channels: int = bounded(64, 4, 4096)
+    channel_mult: list[int] = listed([1, 2, 2])
+    blocks_per_level: int = bounded(1, 1, 8)
+    attention_resolutions: list[int] = listed([], doc="feature-map sizes with self-attention")
+    head_dim: int = bounded(32, 4, 1024)
+    norm: str = choice("group", "group", "batch")
+    groups: int = bounded(8, 1, 256)
+    activation: str = choice("silu", "silu", "gelu", "relu")
+    down: str = choice("rearrange", "rearrange", "maxpool", "stride")
+    up: str = choice("nearest-conv", "nearest-conv", "transposed")
+    time_embedding: str = choice("sinusoidal", "sinusoidal", "linear")
+    residual: bool = True
+    dropout: float = bounded(0.0, 0.0, 0.9)
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = choice("cosine", "linear", "cosine", "sigmoid")
+    timesteps: int = bounded(1000, 2, 100_000)
+    beta_start: float = bounded(1e-4, 0.0, 1.0, doc="linear schedule only")
+    beta_end: float = bounded(0.02, 0.0, 1.0, doc="linear schedule only")
+    target: str = choice("eps", "eps", "x0", "v")
+    loss_weighting: str = choice("none", "none", "min-snr")
+    min_snr_gamma: float = bounded(5.0, 0.0, None)
+    cond_drop_prob: float = bounded(0.1, 0.0, 1.0, doc="Bernoulli mask on the condition")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = bounded(2000, 1, None)
+    batch_size: int = bounded(64, 1, 1_000_000)
+    grad_accum: int = bounded(1, 1, 1024)
+    lr: float = bounded(1e-3, 0.0, 10.0)
+    lr_schedule: str = choice("cosine", "cosine", "constant")
+    warmup_steps: int = bounded(100, 0, None)
+    weight_decay: float = bounded(0.0, 0.0, 10.0)
+    grad_clip: float = bounded(1.0, 0.0, None, doc="max grad norm (0 = off)")
+    ema_decay: float = bounded(0.999, 0.0, 1.0)
+    precision: str = choice("fp32", "fp32", "bf16")
+    channels_last: bool = True
+    compile: bool = False
+    device: str = choice("auto", "auto", "cpu", "cuda")
+    seed: int = bounded(0, 0, 2**63 - 1)
+    max_minutes: float = bounded(0.0, 0.0, None, doc="stop cleanly after this long (0 = off)")
+    checkpoint_every: int = bounded(500, 1, None)
+    log_every: int = bounded(10, 1, None)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = field(default="ddim", metadata={"doc": "see `inkfuse sample --help`"})
+    steps: int = bounded(50, 1, 100_000)
+    eta: float = bounded(0.0, 0.0, 1.0)
+    guidance: float = bounded(2.0, 0.0, 100.0, doc="CFG weight w: eps_u + w (eps_c - eps_u)")
+    guidance_rescale: float = bounded(0.0, 0.0, 1.0)
+    per_class: int = bounded(8, 1, 64, doc="grid columns per class in training grids")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+_SECTION_TYPES = {
+    "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig,
+    "train": TrainConfig, "sample": SampleConfig,
+}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a field's type, allowing int -> float; returns the value."""
+    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list of {inner.__name__}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{key} must be a {hint.__name__}, got {value!r}")
+    return value
+
+
+def _check(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        options = ", ".join(map(str, meta["choices"]))
+        raise ConfigError(f"{key} = {value!r} is not one of: {options}")
+    if "range" in meta:
+        lo, hi = meta["range"]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise ConfigError(f"{key} = {value!r} is out of range {span}")
+
+
+def from_dict(raw: dict[str, Any], source: str = "recipe") -> Config:
+    """Build and validate a Config from nested dicts (TOML tables or config.json)."""
+    sections = {}
+    for name, cls in _SECTION_TYPES.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] in {source} must be a table")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown key {name}.{unknown[0]} in {source} "
+                f"(known keys of [{name}]: {', '.join(known)})"
+            )
+        values = {}
+        for key, value in table.items():
+            dotted = f"{name}.{key}"
+            values[key] = _coerce(dotted, value, known[key].type)
+            _check(dotted, values[key], known[key].metadata)
+        sections[name] = cls(**values)
+    extra = sorted(set(raw) - set(_SECTION_TYPES))
+    if extra:
+        raise ConfigError(
+            f"unknown section [{extra[0]}] in {source} (known: {', '.join(_SECTION_TYPES)})"
+        )
+    config = Config(**sections)
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    """Cross-field rules that a single field's range cannot express."""
+    m, d = config.model, config.data
+    if d.name in ("folder", "npy") and not d.path:
+        raise ConfigError(f"data.name = {d.name!r} needs data.path (set it with --set data.path=...)")
+    levels = len(m.channel_mult)
+    if levels < 1:
+        raise ConfigError("model.channel_mult needs at least one level, e.g. [1, 2, 2]")
+    if d.size % (2 ** (levels - 1)):
+        raise ConfigError(
+            f"data.size = {d.size} must be divisible by 2^(levels-1) = {2 ** (levels - 1)} "
+            f"for model.channel_mult with {levels} levels"
+        )
+    for mult in m.channel_mult:
+        if m.norm == "group" and (m.base_channels * mult) % m.groups:
+            raise ConfigError(
+                f"model.base_channels * channel_mult = {m.base_channels * mult} is not divisible "
+                f"by model.groups = {m.groups}"
+            )
+    if d.name != "shapes" and d.max_objects != 1:
+        raise ConfigError("data.max_objects applies only to data.name = 'shapes'")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b=value`; the value is read as TOML (numbers, booleans, lists) or else a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} must look like section.key=value, e.g. train.steps=200")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set key {key!r} must be section.key, e.g. train.steps")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return parts, parsed
+
+
+def resolve_recipe(name_or_path: str | Path) -> Path:
+    """A recipe path, or the name of a built-in recipe (`shapes` -> recipes/shapes.toml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = RECIPES_DIR / f"{path.stem if path.suffix == '.toml' else path.name}.toml"
+    if builtin.is_file() and path.parent == Path("."):
+        return builtin
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
+    raise ConfigError(f"recipe {str(name_or_path)!r} not found (give a .toml path or one of: {names})")
+
+
+def load_recipe(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
+    """Read a TOML recipe, apply `--set` overrides, and validate everything."""
+    path = resolve_recipe(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"recipe {path} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read recipe {path}: {e}") from None
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"[{section}] in {path} must be a table")
+        raw[section][key] = value
+    return from_dict(raw, source=str(path))
+
+
+def replace(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of `config` with some fields changed, validated again: replace(c, train={...})."""
+    raw = config.to_dict()
+    for name, values in sections.items():
+        raw[name].update(values)
+    return from_dict(raw, source="replace()")
+
+
+__all__ = [
+    "Config", "ConfigError", "DataConfig", "DiffusionConfig", "ModelConfig", "SampleConfig",
+    "TrainConfig", "from_dict", "load_recipe", "parse_override", "replace",
+    "resolve_recipe",
+]

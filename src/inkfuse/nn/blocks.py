@@ -1,0 +1,132 @@
+"""U-Net building blocks, named after what the courses call them.
+
+Each switch of the model config picks one of these: GroupNorm or BatchNorm, GELU/ReLU/SiLU,
+space-to-depth ("rearrange") pooling or max-pool or a strided conv, nearest-neighbour + conv
+upsampling (free of the checkerboard artefacts of overlapping transposed convolutions, Odena et
+al. 2016) or the transposed convolution itself, sinusoidal or linear time embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def make_norm(kind: str, channels: int, groups: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(groups, channels), channels)
+    return nn.BatchNorm2d(channels)
+
+
+def make_act(kind: str) -> nn.Module:
+    return {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}[kind]()
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style features of the step: sin/cos at geometric frequencies (Vaswani 2017)."""
+
+    def __init__(self, dim: int, max_period: float = 10_000.0):
+        super().__init__()
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(-math.log(max_period) * torch.arange(half) / half),
+                             persistent=False)
+
+    def forward(self, t: Tensor) -> Tensor:
+        angles = t.float()[:, None] * self.freqs[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class LinearEmbedding(nn.Module):
+    """The course's first time embedding: the step scaled to [0, 1] through a linear layer."""
+
+    def __init__(self, dim: int, T: int):
+        super().__init__()
+        self.T = T
+        self.proj = nn.Linear(1, dim)
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.proj(t.float()[:, None] / self.T)
+
+
+class ResBlock(nn.Module):
+    """norm → act → conv, scale-and-shift by the embedding, norm → act → dropout → conv, + skip.
+
+    With `residual=False` it is the plain double-conv block of the course's first U-Net.
+    """
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, *, norm: str, groups: int, act: str,
+                 dropout: float = 0.0, residual: bool = True):
+        super().__init__()
+        self.norm1, self.act1 = make_norm(norm, cin, groups), make_act(act)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * cout) if emb_dim else None
+        self.norm2, self.act2 = make_norm(norm, cout, groups), make_act(act)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = None
+        if residual:
+            self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+            nn.init.zeros_(self.conv2.weight)  # each residual block starts as the identity
+            nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor, emb: Tensor | None) -> Tensor:
+        h = self.conv1(self.act1(self.norm1(x)))
+        h = self.norm2(h)
+        if self.film is not None and emb is not None:
+            scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+            h = h * (1 + scale) + shift
+        h = self.conv2(self.dropout(self.act2(h)))
+        return h if self.skip is None else h + self.skip(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, via fused SDPA."""
+
+    def __init__(self, channels: int, head_dim: int, *, norm: str, groups: int):
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.norm = make_norm(norm, channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        h, w = x.shape[-2:]
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (three n d) h w -> three b n (h w) d",
+                            three=3, n=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w))
+
+
+class RearrangePool(nn.Module):
+    """Space-to-depth: each 2×2 patch becomes 4 channels, then a 3×3 conv mixes them.
+
+    Unlike max-pooling it keeps all the information, which the course shows sharpens results.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(4 * channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(rearrange(x, "b c (h p) (w q) -> b (c p q) h w", p=2, q=2))
+
+
+def make_down(kind: str, channels: int) -> nn.Module:
+    if kind == "rearrange":
+        return RearrangePool(channels)
+    if kind == "maxpool":
+        return nn.MaxPool2d(2)
+    return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+
+def make_up(kind: str, channels: int) -> nn.Module:
+    if kind == "transposed":
+        return nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                         nn.Conv2d(channels, channels, 3, padding=1))

@@ -1,0 +1,22 @@
+"""Shared test set-up: real datasets from ../shared/data, tiny configs that train in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+os.environ.setdefault("INKFUSE_DATA", str(SHARED_DATA))
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    """A few-second shapes run: 16 px, a 2-level U-Net of 8 channels, 6 steps."""
+    return [
+        "data.size=16", "data.count=256", "model.base_channels=8", "model.channel_mult=[1, 2]",
+        "model.groups=4", "train.steps=6", "train.batch_size=16", "train.checkpoint_every=3",
+        "train.warmup_steps=2", "train.log_every=1", "train.precision='fp32'",
+        "sample.steps=3", "sample.per_class=2", "diffusion.timesteps=50",
+    ]

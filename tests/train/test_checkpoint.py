@@ -1,0 +1,39 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from inkfuse.errors import CheckpointError
+from inkfuse.train import checkpoint
+
+
+def test_optimizer_state_round_trips(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters())
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, rest = checkpoint.optimizer_tensors(opt.state_dict())
+    checkpoint.save_tensors(tmp_path / "t.safetensors", tensors)
+    restored = checkpoint.optimizer_state(checkpoint.load_tensors(tmp_path / "t.safetensors"), rest)
+    opt2 = torch.optim.AdamW(net.parameters())
+    opt2.load_state_dict(restored)
+    for k, v in opt.state_dict()["state"][0].items():
+        assert torch.equal(v, opt2.state_dict()["state"][0][k])
+
+
+def test_damaged_and_foreign_files_are_refused(tmp_path):
+    good = tmp_path / "good.safetensors"
+    checkpoint.save_tensors(good, {"w": torch.ones(100)})
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:-50])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        checkpoint.load_tensors(cut)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.ones(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not written by inkfuse"):
+        checkpoint.load_tensors(foreign)
+    pickle = tmp_path / "model.safetensors"
+    torch.save({"w": torch.ones(2)}, pickle)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        checkpoint.load_tensors(pickle)
+    with pytest.raises(CheckpointError, match="is missing"):
+        checkpoint.load_tensors(tmp_path / "nope.safetensors")
