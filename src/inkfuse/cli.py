@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from inkfuse import config as config_mod
+from inkfuse.diffusion.samplers import SAMPLERS
+from inkfuse.diffusion.schedule import SPACINGS
 from inkfuse.errors import ConfigError, InkfuseError
 
 
@@ -83,6 +85,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         eta=s.eta if args.eta is None else args.eta,
         guidance=s.guidance if args.guidance is None else args.guidance,
         rescale=s.guidance_rescale, seed=args.seed, noise=not args.no_noise, progress=True,
+        spacing=args.spacing, churn=args.churn,
         on_step=(lambda i, x, p: frames.append(x.clamp(-1, 1).cpu())) if out.suffix == ".gif"
         else None,
     )
@@ -103,9 +106,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
                                 else torch.arange(args.n) % cond_dim).numpy().astype(np.int64)
         from inkfuse.io import atomic_path
 
-        with atomic_path(out) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
     print(f"wrote {len(images)} samples to {out}")
 
 
@@ -191,9 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     sa = sub.add_parser("sample", help="draw images from a trained run")
     sa.add_argument("run_dir")
     sa.add_argument("--n", type=int, default=16)
-    sa.add_argument("--sampler", default=None, help="ddpm, ddim (default: the recipe's)")
+    sa.add_argument("--sampler", default=None,
+                    help=f"{', '.join(SAMPLERS)} (default: the recipe's)")
     sa.add_argument("--steps", type=int, default=None)
+    sa.add_argument("--spacing", default=None, choices=SPACINGS,
+                    help="timestep grid (default: the sampler's own)")
     sa.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic")
+    sa.add_argument("--churn", type=float, default=0.0, help="EDM S_churn (euler, heun)")
     sa.add_argument("--guidance", type=float, default=None,
                     help="CFG weight w in eps_u + w (eps_c - eps_u); 1 = no guidance")
     group = sa.add_mutually_exclusive_group()

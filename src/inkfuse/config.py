@@ -210,7 +210,8 @@ def _check_consistency(config: Config) -> None:
     """Cross-field rules that a single field's range cannot express."""
     m, d = config.model, config.data
     if d.name in ("folder", "npy") and not d.path:
-        raise ConfigError(f"data.name = {d.name!r} needs data.path (set it with --set data.path=...)")
+        raise ConfigError(f"data.name = {d.name!r} needs data.path "
+                          "(set it with --set data.path=...)")
     levels = len(m.channel_mult)
     if levels < 1:
         raise ConfigError("model.channel_mult needs at least one level, e.g. [1, 2, 2]")
@@ -253,7 +254,8 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
     if builtin.is_file() and path.parent == Path("."):
         return builtin
     names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
-    raise ConfigError(f"recipe {str(name_or_path)!r} not found (give a .toml path or one of: {names})")
+    raise ConfigError(f"recipe {str(name_or_path)!r} not found "
+                      f"(give a .toml path or one of: {names})")
 
 
 def load_recipe(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:

@@ -18,8 +18,10 @@ from tqdm import tqdm
 
 from inkfuse import config as config_mod
 from inkfuse.config import Config
-from inkfuse.diffusion import SAMPLERS, Condition, Denoiser, Schedule, cfg, timesteps
+from inkfuse.diffusion import SAMPLERS, Condition, Denoiser, Schedule, cfg
 from inkfuse.diffusion.denoiser import Prediction
+from inkfuse.diffusion.samplers import SPACING
+from inkfuse.diffusion.schedule import timestep_grid
 from inkfuse.errors import CheckpointError, ConfigError, InkfuseError
 from inkfuse.nn import build_model
 from inkfuse.train import checkpoint
@@ -97,7 +99,8 @@ def make_condition(run: Run, n: int, labels: Tensor | None = None,
         return Condition.from_vectors(_per_sample(context.reshape(-1, dim), n, "--context"))
     if labels is None:
         labels = torch.arange(n) % dim
-    return Condition.from_labels(_per_sample(torch.as_tensor(labels).reshape(-1), n, "--class"), dim)
+    labels = _per_sample(torch.as_tensor(labels).reshape(-1), n, "--class")
+    return Condition.from_labels(labels, dim)
 
 
 def _per_sample(values: Tensor, n: int, what: str) -> Tensor:
@@ -113,13 +116,15 @@ def _per_sample(values: Tensor, n: int, what: str) -> Tensor:
 def sample(
     run: Run, n: int, *, labels: Tensor | None = None, context: Tensor | None = None,
     sampler: str = "ddim", steps: int = 50, eta: float = 0.0, guidance: float = 1.0,
-    rescale: float = 0.0, spacing: str = "trailing", seed: int = 0, noise: bool = True,
+    rescale: float = 0.0, spacing: str | None = None, seed: int = 0, noise: bool = True,
+    churn: float = 0.0,
     batch_size: int = 256, progress: bool = True,
     on_step: Callable[[int, Tensor, Prediction], None] | None = None,
 ) -> Tensor:
     """Draw `n` images in [-1, 1] as an [n, C, H, W] float tensor on the CPU.
 
     The seed fixes the starting noise and every fresh noise draw: same seed, same images.
+    `spacing` (leading, trailing, linspace, karras) defaults to the sampler's own (`SPACING`).
     `on_step(i, x, pred)` sees each intermediate batch (only sensible when n ≤ batch_size).
     """
     if sampler not in SAMPLERS:
@@ -128,11 +133,12 @@ def sample(
         raise ConfigError(f"--n must be at least 1, got {n}")
     device = run.device
     cond = make_condition(run, n, labels, context)
-    ts = torch.tensor(timesteps(run.schedule.T, steps, spacing), device=device)
+    ts = timestep_grid(run.schedule, steps, spacing or SPACING[sampler]).to(device)
     denoiser = run.denoiser(guidance, rescale)
     fn = SAMPLERS[sampler]
     accepted = inspect.signature(fn).parameters
-    options = {k: v for k, v in {"eta": eta, "noise": noise}.items() if k in accepted}
+    options = {k: v for k, v in {"eta": eta, "noise": noise, "churn": churn}.items()
+               if k in accepted}
     gen = torch.Generator(device).manual_seed(seed)
     bar = tqdm(total=len(ts) * ((n + batch_size - 1) // batch_size), disable=not progress,
                unit="step", desc=f"{sampler} {steps} steps", dynamic_ncols=True)

@@ -48,7 +48,8 @@ def test_channels_last_matches_contiguous():
                            attention_resolutions=[8]), 16, 100).eval()
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 50])
     ref = net(x, t)
-    fast = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), t)
+    cl = torch.channels_last
+    fast = net.to(memory_format=cl)(x.contiguous(memory_format=cl), t)
     assert torch.allclose(ref, fast, atol=1e-5)
 
 

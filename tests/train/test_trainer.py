@@ -75,7 +75,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, tiny_overrides, mo
         return out * float("nan") if calls["n"] > 4 else out
 
     monkeypatch.setattr(trainer, "diffusion_loss", loss_that_explodes)
-    with pytest.raises(TrainingError, match="loss became nan at step 4; the last good checkpoint"):
+    with pytest.raises(TrainingError, match=r"loss became nan at step 4; the last good checkpoint"):
         trainer.train(load_recipe("shapes", tiny_overrides), tmp_path / "run", progress=False)
     assert json.loads((tmp_path / "run/checkpoint/state.json").read_text())["step"] == 3
 
@@ -89,7 +89,7 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path, tiny_overrides):
 def test_resume_refuses_a_different_model(tmp_path, tiny_overrides):
     trainer.train(load_recipe("shapes", tiny_overrides), tmp_path / "run", progress=False)
     other = load_recipe("shapes", [*tiny_overrides, "model.base_channels=16"])
-    with pytest.raises(CheckpointError, match="model.base_channels = 8, not 16"):
+    with pytest.raises(CheckpointError, match=r"model\.base_channels = 8, not 16"):
         trainer.train(other, tmp_path / "run", progress=False)
 
 

@@ -26,7 +26,8 @@ class Condition:
     def from_labels(cls, labels: Tensor, num_classes: int) -> Condition:
         if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
-            raise ConfigError(f"class id {bad} is out of range: this model has classes 0..{num_classes - 1}")
+            raise ConfigError(f"class id {bad} is out of range: "
+                              f"this model has classes 0..{num_classes - 1}")
         return cls.from_vectors(F.one_hot(labels.long(), num_classes).float())
 
     @classmethod

@@ -10,6 +10,7 @@ every global batch; only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from inkfuse.config import Config
 from inkfuse.data import ImageDataset, build_dataset
 from inkfuse.data.transforms import augment
 from inkfuse.diffusion import Condition, Schedule, diffusion_loss
-from inkfuse.errors import CheckpointError, TrainingError
+from inkfuse.errors import CheckpointError, InkfuseError, TrainingError
 from inkfuse.nn import build_model
 from inkfuse.train import checkpoint
 from inkfuse.train.ema import EMA
@@ -243,10 +244,8 @@ def _save(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, s
     (run_dir / "samples").mkdir(exist_ok=True)
     viz.save_grid(images, run_dir / "samples" / f"step-{step:07d}.png",
                   nrow=config.sample.per_class, labels=labels)
-    try:
+    with contextlib.suppress(InkfuseError):  # no matplotlib: the log is still there
         viz.plot_loss(run_dir / "log.jsonl", run_dir / "loss.png")
-    except ImportError:
-        pass
 
 
 def _resume(ckpt: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer) -> int:

@@ -12,7 +12,9 @@ from inkfuse.diffusion.denoiser import Prediction
 from inkfuse.diffusion.samplers.walk import OnStep, walk
 
 
-def ddpm_step(x: Tensor, pred: Prediction, ab_t: Tensor, ab_prev: Tensor, z: Tensor | None) -> Tensor:
+def ddpm_step(
+    x: Tensor, pred: Prediction, ab_t: Tensor, ab_prev: Tensor, z: Tensor | None
+) -> Tensor:
     """One reverse step from the posterior q(x_prev | x_t, x̂_0) (DDPM eq. 6-7).
 
     With α = ᾱ_t / ᾱ_prev and β = 1 − α (one "big" step when steps are skipped):

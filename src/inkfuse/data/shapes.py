@@ -1,0 +1,182 @@
+"""Shapes: a built-in dataset of coloured geometric shapes on black, each with a caption.
+
+It needs no download, any size works, and every image comes with its ground truth (kind, colour,
+size, position), so a model conditioned on classes, context vectors or text can be checked by
+measuring what it drew. A scene is one or two `ShapeSpec`s; the same seed gives the same scenes at
+every image size, and the first k scenes of a longer run are the k scenes of a shorter one.
+
+Class ids, context entries and palette order are fixed by the constants below; a checker and a
+trained model both depend on them, so only append to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from inkfuse.data.dataset import ImageDataset
+
+SHAPES = ("circle", "square", "triangle", "cross")  # class id = index
+COLOURS = {  # RGB, saturated so the nearest palette entry is never in doubt
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "magenta": (255, 0, 255),
+    "cyan": (0, 255, 255),
+    "white": (255, 255, 255),
+    "orange": (255, 128, 0),
+}
+BACKGROUND = (0, 0, 0)
+SIZES = {"small": 0.14, "large": 0.22}  # half the shape's width, as a fraction of the image side
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "center", "right")
+POSITIONS = tuple(  # the 3 x 3 grid in row-major order: "top left" ... "center" ... "bottom right"
+    "center" if (row, col) == ("middle", "center") else f"{row} {col}"
+    for row in ROWS for col in COLUMNS
+)
+CONTEXT_NAMES = (*SHAPES, *COLOURS)  # context vector = multi-hot over kinds, then colours
+
+_CELL_CENTRES = (0.2, 0.5, 0.8)
+_JITTER = 0.08  # centres move at most this far from their cell's centre: never out of the cell
+_GAP = 0.07  # minimum space between two objects' boxes (> 1 px from 16 px up)
+_CROSS_ARM = 0.35  # half the thickness of a cross's bars, relative to its radius
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """One object. x, y: its centre as fractions of the image side (y grows downwards); its
+    bounding box is the square of half-width `radius` around the centre."""
+
+    kind: str
+    colour: str
+    size: str
+    x: float
+    y: float
+
+    @property
+    def radius(self) -> float:
+        return SIZES[self.size]
+
+    @property
+    def position(self) -> str:
+        """The cell of the 3 x 3 grid that holds the centre, e.g. "top left"."""
+        return POSITIONS[3 * min(int(self.y * 3), 2) + min(int(self.x * 3), 2)]
+
+
+def random_scenes(count: int, seed: int = 0, max_objects: int = 1) -> list[list[ShapeSpec]]:
+    """`count` scenes, each of 1 to `max_objects` (1 or 2, equally likely) objects that never
+    touch."""
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for _ in range(count):
+        scene = [_random_spec(rng)]
+        if max_objects > 1 and rng.random() < 0.5:
+            # redraw both until they fit: about 2 tries, and no pair is impossible to complete
+            scene.append(_random_spec(rng))
+            while _overlap(*scene):
+                scene = [_random_spec(rng), _random_spec(rng)]
+        scenes.append(scene)
+    return scenes
+
+
+def _pick(options: tuple, u: float):
+    return options[int(u * len(options))]
+
+
+def _random_spec(rng: np.random.Generator) -> ShapeSpec:
+    u = rng.random(7)  # one draw per object: ~10x faster than one per attribute, same distribution
+    size = _pick(tuple(SIZES), u[2])
+    r = SIZES[size]
+    x, y = (
+        float(min(max(_pick(_CELL_CENTRES, cell) + _JITTER * (2 * d - 1), r), 1 - r))
+        for cell, d in ((u[3], u[4]), (u[5], u[6]))
+    )
+    return ShapeSpec(_pick(SHAPES, u[0]), _pick(tuple(COLOURS), u[1]), size, x, y)
+
+
+def _overlap(a: ShapeSpec, b: ShapeSpec) -> bool:
+    reach = a.radius + b.radius + _GAP
+    return abs(a.x - b.x) < reach and abs(a.y - b.y) < reach
+
+
+def relation(a: ShapeSpec, b: ShapeSpec) -> str:
+    """Where `a` is relative to `b`, along the axis on which they are further apart."""
+    dx, dy = b.x - a.x, b.y - a.y
+    if abs(dx) >= abs(dy):
+        return "to the left of" if dx > 0 else "to the right of"
+    return "above" if dy > 0 else "below"
+
+
+def _describe(spec: ShapeSpec) -> str:
+    return f"a {spec.size} {spec.colour} {spec.kind}"
+
+
+def caption(scene: list[ShapeSpec]) -> str:
+    """"a large red circle in the top left" or "a small red circle above a large blue square"."""
+    first = scene[0]
+    if len(scene) == 1:
+        return f"{_describe(first)} in the {first.position}"
+    return f"{_describe(first)} {relation(first, scene[1])} {_describe(scene[1])}"
+
+
+def _draw(scene: list[ShapeSpec], size: int) -> np.ndarray:
+    """uint8 [3, size, size]. Drawn at >= 128 px (at least 2x), then box-downsampled: exact area
+    coverage at the edges."""
+    scale = max(2, -(-128 // size))
+    side = size * scale
+    image = Image.new("RGB", (side, side), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for spec in scene:
+        x, y, r = spec.x * side, spec.y * side, spec.radius * side
+        fill = COLOURS[spec.colour]
+        if spec.kind == "circle":
+            draw.ellipse((x - r, y - r, x + r, y + r), fill)
+        elif spec.kind == "square":
+            draw.rectangle((x - r, y - r, x + r, y + r), fill)
+        elif spec.kind == "triangle":
+            draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill)
+        else:
+            t = r * _CROSS_ARM
+            draw.rectangle((x - r, y - t, x + r, y + t), fill)
+            draw.rectangle((x - t, y - r, x + t, y + r), fill)
+    return np.asarray(image.reduce(scale)).transpose(2, 0, 1)
+
+
+def render(scene: list[ShapeSpec], size: int) -> torch.Tensor:
+    """One scene as uint8 [3, size, size]."""
+    return torch.from_numpy(_draw(scene, size).copy())
+
+
+def generate_shapes(
+    count: int, size: int, seed: int = 0, max_objects: int = 1
+) -> tuple[torch.Tensor, list[list[ShapeSpec]]]:
+    """`count` random scenes rendered at `size`: (uint8 [N, 3, size, size], scenes)."""
+    scenes = random_scenes(count, seed, max_objects)
+    images = np.empty((count, 3, size, size), np.uint8)
+    for i, scene in enumerate(scenes):
+        images[i] = _draw(scene, size)
+    return torch.from_numpy(images), scenes
+
+
+def load(count: int, size: int, seed: int = 0, max_objects: int = 1) -> ImageDataset:
+    """The shapes dataset: class = kind of the first object; context = multi-hot kinds and colours
+    of all objects (2 ones for one object, up to 4 for two); one caption per image."""
+    images, scenes = generate_shapes(count, size, seed, max_objects)
+    context = np.zeros((count, len(CONTEXT_NAMES)), np.float32)
+    for i, scene in enumerate(scenes):
+        for spec in scene:
+            context[i, CONTEXT_NAMES.index(spec.kind)] = 1
+            context[i, CONTEXT_NAMES.index(spec.colour)] = 1
+    return ImageDataset(
+        images,
+        labels=torch.tensor([SHAPES.index(scene[0].kind) for scene in scenes], dtype=torch.int64),
+        context=torch.from_numpy(context),
+        captions=[caption(scene) for scene in scenes],
+        class_names=list(SHAPES),
+        context_names=list(CONTEXT_NAMES),
+        name="shapes",
+    )

@@ -1,0 +1,172 @@
+"""The noise schedule: one object that knows ᾱ_t and everything derived from it.
+
+Variance-preserving diffusion with T discrete steps (Ho et al. 2020):
+    q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I),     ᾱ_t = prod_{s<=t} (1 - β_s).
+Index t runs 0..T-1 (step t = 0 is the first, least noisy one). Everything else — α_t, σ_t
+(the EDM/Karras noise level of the same marginal, x_t / sqrt(ᾱ_t) = x_0 + σ_t ε), SNR — is a
+view of ᾱ, so samplers and losses never recompute the schedule themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from inkfuse.errors import ConfigError
+
+
+def _linear(T: int, beta_start: float, beta_end: float) -> Tensor:
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def _cosine(T: int, s: float = 0.008) -> Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2), β clipped at 0.999."""
+    f = lambda t: torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    t = torch.arange(T + 1, dtype=torch.float64)
+    return (1 - f(t[1:]) / f(t[:-1])).clamp(max=0.999)
+
+
+def _sigmoid(T: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> Tensor:
+    """Jabri et al. 2022 / Chen 2023: ᾱ follows a shifted, rescaled sigmoid in t/T."""
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    v0, v1 = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
+    g = (-(torch.sigmoid((t * (end - start) + start) / tau)) + v1) / (v1 - v0)
+    return (1 - g[1:] / g[:-1]).clamp(1e-8, 0.999)
+
+
+class Schedule:
+    """ᾱ, α, β, σ and SNR for `T` steps of a named schedule (`linear`, `cosine`, `sigmoid`)."""
+
+    def __init__(
+        self, kind: str = "cosine", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ):
+        if kind == "linear":
+            betas = _linear(T, beta_start, beta_end)
+        elif kind == "cosine":
+            betas = _cosine(T)
+        elif kind == "sigmoid":
+            betas = _sigmoid(T)
+        else:
+            raise ConfigError(f"unknown schedule {kind!r} (use linear, cosine or sigmoid)")
+        if not (betas.min() > 0 and betas.max() < 1):
+            raise ConfigError(f"{kind} schedule has betas outside (0, 1): "
+                              "check beta_start/beta_end")
+        self.kind, self.T = kind, T
+        self.betas = betas.float()
+        self.alphas = (1 - betas).float()
+        self.alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+        # σ in float64 first: near t = 0 it is small and precision matters for Karras grids.
+        ab = torch.cumprod(1 - betas, 0)
+        self.sigmas = ((1 - ab) / ab).sqrt().float()
+        self.log_sigmas = self.sigmas.log()
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.kind!r}, T={self.T})"
+
+    # --- views of ᾱ at (possibly fractional) steps ------------------------------------------
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        """ᾱ at integer steps t (exact) or fractional ones (interpolating log σ)."""
+        if not t.is_floating_point():
+            return self.alphas_cumprod.to(t.device)[t]
+        return 1.0 / (1.0 + self.sigma(t) ** 2)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """σ_t = sqrt((1 - ᾱ_t) / ᾱ_t), interpolated in log σ between integer steps."""
+        t = t.to(torch.float32).clamp(0, self.T - 1)
+        lo = t.floor().long()
+        hi = (lo + 1).clamp(max=self.T - 1)
+        w = t - lo
+        log_sigmas = self.log_sigmas.to(t.device)
+        return ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """The fractional step whose σ equals `sigma` (inverse of `sigma`, for Karras grids)."""
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        log_sigma = sigma.float().clamp(self.sigmas[0].item(), self.sigmas[-1].item()).log()
+        hi = torch.searchsorted(log_sigmas, log_sigma.reshape(-1)).clamp(1, self.T - 1)
+        lo = hi - 1
+        w = (log_sigma.reshape(-1) - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])
+        return (lo + w.clamp(0, 1)).reshape(sigma.shape)
+
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio ᾱ / (1 - ᾱ) = 1 / σ²."""
+        return self.sigma(t) ** -2
+
+    # --- the forward process -------------------------------------------------------------
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """Draw x_t ~ q(x_t | x_0) in closed form: sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε (DDPM eq. 4)."""
+        ab = _expand(self.alpha_bar(t), x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def _expand(v: Tensor, like: Tensor) -> Tensor:
+    """Per-sample scalars [B] shaped to broadcast over images [B, C, H, W]."""
+    return v.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
+    """The descending integer steps a sampler visits.
+
+    `leading` (DDIM paper: 0, k, 2k…, never reaching T-1), `trailing` (Lin et al. 2024, "Common
+    diffusion noise schedules and sample steps are flawed": starts at T-1 so the first step sees
+    pure noise), `linspace` (evenly spaced from T-1 to 0, rounded). The fractional `karras` grid
+    needs the schedule, not just T: see `karras_timesteps` / `timestep_grid`.
+    """
+    if not 1 <= steps <= T:
+        raise ConfigError(f"steps = {steps} must be between 1 and the model's T = {T}")
+    if spacing == "leading":
+        ts = [i * (T // steps) for i in range(steps)]
+    elif spacing == "trailing":
+        ts = [round(T - i * T / steps) - 1 for i in range(steps)]
+    elif spacing == "linspace":
+        ts = torch.linspace(0, T - 1, steps).round().long().tolist()
+    elif spacing == "karras":
+        raise ConfigError("karras spacing needs the schedule: use karras_timesteps(schedule, "
+                          "steps) or timestep_grid(schedule, steps, 'karras')")
+    else:
+        raise ConfigError(f"unknown timestep spacing {spacing!r} "
+                          f"(use {', '.join(SPACINGS)})")
+    return sorted(set(ts), reverse=True)
+
+
+def karras_timesteps(schedule: Schedule, steps: int, rho: float = 7.0, *,
+                     sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
+    """Karras et al. 2022 (EDM) eq. 5 as descending fractional steps of `schedule`.
+
+        σ_i = (σ_max^(1/ρ) + i/(N−1) (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ,   i = 0..N−1,
+
+    by default between the schedule's own σ_max = σ_{T−1} and σ_min = σ_0, mapped back to steps
+    with `sigma_to_t` (so the first step is T−1 and the last 0). ρ = 7 spends most steps at low
+    noise; ρ = 1 is uniform in σ, ρ → ∞ uniform in log σ. Samplers append σ = 0 themselves.
+    `sigma_min`/`sigma_max` narrow the range (EDM uses σ_max = 80; the cosine schedule's last step
+    jumps to σ ≈ 2·10⁴, which Euler/Heun, unlike DPM-Solver++/UniPC, take poorly in few steps);
+    they are clamped to the schedule's range, which a network trained on T steps has seen.
+    """
+    if steps < 1:
+        raise ConfigError(f"steps = {steps} must be at least 1")
+    s_min, s_max = schedule.sigmas[0].item(), schedule.sigmas[-1].item()
+    lo = min(max(sigma_min if sigma_min is not None else s_min, s_min), s_max)
+    hi = min(max(sigma_max if sigma_max is not None else s_max, lo), s_max)
+    if steps == 1:
+        return schedule.sigma_to_t(torch.tensor([hi], dtype=torch.float64)).float()
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sigmas = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    ts = schedule.sigma_to_t(sigmas).float()
+    if hi == s_max:  # exact ends: float rounding of (σ^(1/ρ))^ρ would nudge T−1 to 998.9999
+        ts[0] = schedule.T - 1
+    if lo == s_min:
+        ts[-1] = 0
+    return ts
+
+
+SPACINGS = ("leading", "trailing", "linspace", "karras")
+
+
+def timestep_grid(schedule: Schedule, steps: int, spacing: str = "trailing") -> Tensor:
+    """The descending steps a sampler visits as a tensor: `timesteps` (integers) for `leading`,
+    `trailing`, `linspace`, or `karras_timesteps` (fractional) for `karras`."""
+    if spacing == "karras":
+        return karras_timesteps(schedule, steps)
+    return torch.tensor(timesteps(schedule.T, steps, spacing))

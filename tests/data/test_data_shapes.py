@@ -1,0 +1,81 @@
+import torch
+
+from inkfuse.data import shapes
+from inkfuse.data.shapes import COLOURS, CONTEXT_NAMES, POSITIONS, SHAPES
+
+
+def test_same_seed_same_bytes_and_prefix_stable():
+    a, scenes = shapes.generate_shapes(40, 32, seed=1, max_objects=2)
+    b, _ = shapes.generate_shapes(40, 32, seed=1, max_objects=2)
+    c, _ = shapes.generate_shapes(40, 32, seed=2, max_objects=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert shapes.random_scenes(10, seed=1, max_objects=2) == scenes[:10]
+
+
+def test_every_size_from_16_to_128():
+    scenes = shapes.random_scenes(2, seed=3, max_objects=2)
+    for size in range(16, 129):
+        for scene in scenes:
+            image = shapes.render(scene, size)
+            assert image.shape == (3, size, size) and image.dtype == torch.uint8
+            assert image.numpy().max() == 255  # the objects are really drawn
+
+
+def test_captions_match_records():
+    ds = shapes.load(300, 16, seed=4, max_objects=2)
+    scenes = shapes.random_scenes(300, seed=4, max_objects=2)
+    assert {len(scene) for scene in scenes} == {1, 2}
+    for text, scene in zip(ds.captions, scenes, strict=True):
+        a = scene[0]
+        head = f"a {a.size} {a.colour} {a.kind} "
+        assert text.startswith(head)
+        if len(scene) == 1:
+            row = "top" if a.y < 1 / 3 else "bottom" if a.y > 2 / 3 else "middle"
+            col = "left" if a.x < 1 / 3 else "right" if a.x > 2 / 3 else "center"
+            name = "center" if (row, col) == ("middle", "center") else f"{row} {col}"
+            assert a.position == name and name in POSITIONS
+            assert text == f"{head}in the {name}"
+        else:
+            b = scene[1]
+            tail = f" a {b.size} {b.colour} {b.kind}"
+            assert text.endswith(tail)
+            relation = text.removeprefix(head).removesuffix(tail)
+            dx, dy = b.x - a.x, b.y - a.y
+            vertical = abs(dy) > abs(dx)
+            assert {
+                "above": vertical and dy > 0, "below": vertical and dy < 0,
+                "to the left of": not vertical and dx > 0,
+                "to the right of": not vertical and dx < 0,
+            }[relation]
+
+
+def test_labels_and_context():
+    ds = shapes.load(300, 16, seed=5, max_objects=2)
+    scenes = shapes.random_scenes(300, seed=5, max_objects=2)
+    assert ds.class_names == list(SHAPES) and ds.context_names == list(CONTEXT_NAMES)
+    assert ds.labels.dtype == torch.int64 and ds.labels.min() >= 0 and ds.labels.max() < 4
+    assert ds.context.shape == (300, len(SHAPES) + len(COLOURS))
+    for label, vector, scene in zip(ds.labels, ds.context, scenes, strict=True):
+        assert SHAPES[label] == scene[0].kind
+        hot = {CONTEXT_NAMES[i] for i in vector.nonzero().flatten()}
+        assert hot == {s.kind for s in scene} | {s.colour for s in scene}
+        if len(scene) == 1:
+            assert vector.sum() == 2
+
+
+def test_two_objects_never_touch():
+    scenes = [s for s in shapes.random_scenes(200, seed=6, max_objects=2) if len(s) == 2]
+    for size in (16, 32):
+        for scene in scenes:
+            a, b = (shapes.render([spec], size) for spec in scene)
+            assert not ((a.amax(0) > 0) & (b.amax(0) > 0)).any()
+            assert torch.equal(shapes.render(scene, size), a + b)
+
+
+def test_dominant_colour_is_the_palette_colour():
+    images, scenes = shapes.generate_shapes(100, 32, seed=7)
+    for image, (spec,) in zip(images, scenes, strict=True):
+        pixels = image.flatten(1).T
+        pixels = pixels[pixels.amax(1) > 0]
+        values, counts = pixels.unique(dim=0, return_counts=True)
+        assert tuple(values[counts.argmax()].tolist()) == COLOURS[spec.colour]
