@@ -69,9 +69,8 @@ def one(recipe: str, precision: str, seconds: float, device: str) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    with FlopCounterMode(display=False) as counter:
-        with autocast:
-            diffusion_loss(net, schedule, x0, cond).backward()
+    with FlopCounterMode(display=False) as counter, autocast:
+        diffusion_loss(net, schedule, x0, cond).backward()
     opt.zero_grad(set_to_none=True)
     flops_per_image = counter.get_total_flops() / b
     for _ in range(3):

@@ -19,7 +19,13 @@ from torch import Tensor, nn
 from inkfuse.config import ModelConfig
 from inkfuse.diffusion.conditioning import Condition
 from inkfuse.nn.blocks import (
-    Attention, LinearEmbedding, ResBlock, SinusoidalEmbedding, make_act, make_down, make_norm,
+    Attention,
+    LinearEmbedding,
+    ResBlock,
+    SinusoidalEmbedding,
+    make_act,
+    make_down,
+    make_norm,
     make_up,
 )
 
