@@ -17,6 +17,7 @@ from inkfuse import config as config_mod
 from inkfuse.diffusion.samplers import SAMPLERS
 from inkfuse.diffusion.schedule import SPACINGS
 from inkfuse.errors import ConfigError, InkfuseError
+from inkfuse.metrics.cli import add_eval_parser
 
 
 def _floats(text: str) -> list[float]:
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     vz.add_argument("--columns", type=int, default=8, help="noise levels shown (forward)")
     vz.add_argument("--seed", type=int, default=0)
     vz.set_defaults(fn=cmd_viz)
+
+    add_eval_parser(sub)
 
     da = sub.add_parser("data", help="list or download datasets")
     da.add_argument("what", choices=["list", "fetch"])

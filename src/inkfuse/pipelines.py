@@ -117,14 +117,16 @@ def sample(
     run: Run, n: int, *, labels: Tensor | None = None, context: Tensor | None = None,
     sampler: str = "ddim", steps: int = 50, eta: float = 0.0, guidance: float = 1.0,
     rescale: float = 0.0, spacing: str | None = None, seed: int = 0, noise: bool = True,
-    churn: float = 0.0,
-    batch_size: int = 256, progress: bool = True,
+    churn: float = 0.0, precision: str | None = None, batch_size: int = 256,
+    progress: bool = True,
     on_step: Callable[[int, Tensor, Prediction], None] | None = None,
 ) -> Tensor:
     """Draw `n` images in [-1, 1] as an [n, C, H, W] float tensor on the CPU.
 
     The seed fixes the starting noise and every fresh noise draw: same seed, same images.
     `spacing` (leading, trailing, linspace, karras) defaults to the sampler's own (`SPACING`).
+    `precision` (fp32 or bf16, default: the run's training precision) sets autocast for the
+    network only; the sampler's own arithmetic stays in float32.
     `on_step(i, x, pred)` sees each intermediate batch (only sensible when n ≤ batch_size).
     """
     if sampler not in SAMPLERS:
@@ -148,12 +150,15 @@ def sample(
         if on_step is not None:
             on_step(i, x, pred)
 
+    bf16 = (precision or run.config.train.precision) == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     out = []
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         x = torch.randn((hi - lo, *run.shape), generator=gen, device=device)
         c = None if cond is None else cond[lo:hi].to(device)
-        out.append(fn(denoiser, x, ts, c, generator=gen, on_step=step_hook, **options).cpu())
+        with autocast:
+            out.append(fn(denoiser, x, ts, c, generator=gen, on_step=step_hook, **options).cpu())
     bar.close()
     return torch.cat(out).clamp(-1, 1)
 

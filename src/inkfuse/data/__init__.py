@@ -55,11 +55,12 @@ _DATASETS = {
     ),
     "folder": _Entry(
         "your images at data.path: one subfolder per class gives labels",
-        lambda cfg, root, seed: folder.load(cfg.path, cfg.size, cfg.limit),
+        lambda cfg, root, seed: folder.load(_user_path(cfg.path, root), cfg.size, cfg.limit),
     ),
     "npy": _Entry(
         "images in a .npy array at data.path, labels or context from data.labels_path",
-        lambda cfg, root, seed: npy.load(cfg.path, cfg.labels_path, cfg.limit),
+        lambda cfg, root, seed: npy.load(_user_path(cfg.path, root),
+                                         _user_path(cfg.labels_path, root), cfg.limit),
     ),
 }
 
@@ -102,6 +103,15 @@ def build_dataset(
     if cfg.labels == "context":
         return _as_context(ds)
     return replace(ds, labels=None, context=None, class_names=[], context_names=[])
+
+
+def _user_path(path: str, root: Path) -> str:
+    """A relative data.path is looked up in the working directory, then in the data dir
+    (so recipes can say `sprites/x.npy` for `$INKFUSE_DATA/sprites/x.npy`)."""
+    if not path or Path(path).expanduser().is_absolute() or Path(path).exists():
+        return path
+    in_data_dir = root.parent / path
+    return str(in_data_dir) if in_data_dir.exists() else path
 
 
 def _root(given: str | Path | None) -> Path:

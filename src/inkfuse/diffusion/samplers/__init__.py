@@ -31,7 +31,7 @@ SAMPLERS = {
 # The timestep spacing each sampler is meant for (see `schedule.timestep_grid`).
 SPACING = {
     "ddpm": "trailing", "ddim": "trailing", "euler": "karras", "heun": "karras",
-    "dpmpp-2m": "karras", "unipc": "karras",
+    "dpmpp-2m": "trailing", "unipc": "trailing",
 }
 
 

@@ -1,0 +1,192 @@
+"""Score a trained run: draw samples, then compute the asked metrics against its dataset.
+
+    results = evaluate("runs/mnist", ["fid", "accuracy", "fd_cls"], n=1000, steps=50)
+
+Metrics (names as on the command line):
+- fid, kid, pr: Inception FID, KID (mean and std over subsets) and precision/recall, against the
+  dataset's test split at the run's image size (shapes: held-out scenes); the reference
+  statistics are cached (`inkfuse.metrics.fid.reference_stats`).
+- accuracy: the share of class-conditional samples showing the asked class: the domain
+  classifier for mnist / fashion-mnist, the shapes checker's shape kind for shapes.
+- fd_cls: the Fréchet distance in the domain classifier's feature space (mnist, fashion-mnist).
+`reference_n` limits the real images of both Fréchet distances (default: the whole test split).
+Class-conditional runs are sampled with balanced labels (sample i asks for class i mod C).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from inkfuse.config import DataConfig
+from inkfuse.errors import ConfigError, DataError
+from inkfuse.metrics import classifier, fid
+
+METRICS = ("fid", "kid", "pr", "accuracy", "fd_cls")
+_INCEPTION_METRICS = ("fid", "kid", "pr")
+
+
+def parse_metrics(metrics: str | list[str] | tuple[str, ...]) -> list[str]:
+    """["fid", "kid"] from "fid,kid" or a list; unknown names are a ConfigError."""
+    names = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    names = list(dict.fromkeys(m.strip().lower().replace("-", "_") for m in names if m.strip()))
+    if not names:
+        raise ConfigError(f"no metric given (choose from {', '.join(METRICS)})")
+    for m in names:
+        if m not in METRICS:
+            raise ConfigError(f"unknown metric {m!r} (choose from {', '.join(METRICS)})")
+    return names
+
+
+def _check_applicable(names: list[str], data: DataConfig, n: int, labelled: bool) -> None:
+    """Refuse metrics that cannot be computed, before any sampling is spent."""
+    if any(m in names for m in _INCEPTION_METRICS) and n < 2:
+        raise ConfigError(f"fid/kid/pr need --n >= 2 samples (got {n}; 1,000+ is usual)")
+    if "pr" in names and n <= 3:
+        raise ConfigError(f"precision/recall (k = 3) needs --n >= 4 samples, got {n}")
+    if "fd_cls" in names:
+        if data.name not in classifier.DATASETS:
+            raise ConfigError(f"fd_cls needs a domain classifier, which exists for "
+                              f"{', '.join(classifier.DATASETS)}, not {data.name!r}")
+        if n < 2:
+            raise ConfigError(f"fd_cls needs --n >= 2 samples, got {n}")
+    if "accuracy" in names:
+        if data.name not in (*classifier.DATASETS, "shapes"):
+            raise ConfigError(f"accuracy needs a domain classifier or the shapes checker "
+                              f"(mnist, fashion-mnist, shapes), not {data.name!r}")
+        if not labelled:
+            raise ConfigError("accuracy needs class-conditional samples: a run trained with "
+                              "data.labels = 'class' (or an .npz file with 'labels')")
+
+
+def evaluate_images(
+    images: Any, labels: Any, data: DataConfig, metrics: str | list[str], *,
+    reference_n: int | None = None, resize: str = "clean",
+    fid_weights: str | os.PathLike[str] | None = None, progress: bool = True,
+    kid_subset: int = 1000, kid_subsets: int = 100, seed: int = 0,
+) -> dict[str, Any]:
+    """The asked metrics of given images (uint8 [N, C, H, W] or floats in [-1, 1]) against the
+    dataset `data` describes (its name, size, and for shapes max_objects)."""
+    names = parse_metrics(metrics)
+    x = fid.as_uint8_nchw(images, "samples")
+    n = len(x)
+    _check_applicable(names, data, n, labels is not None)
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels)).reshape(-1).long()
+        if len(labels) != n:
+            raise DataError(f"got {n} images but {len(labels)} labels")
+    results: dict[str, Any] = {}
+    if any(m in names for m in _INCEPTION_METRICS):
+        net = fid.load_inception(fid_weights)  # fails fast when the file is missing offline
+        test = replace(data, split="test", limit=0, hflip=False, crop_padding=0)
+        ref = fid.reference_stats(test, n=reference_n, size=x.shape[-1], resize=resize,
+                                  network=net, progress=progress)
+        fid.check_channels(x, ref, "the samples")
+        feats = fid.inception_features(x, resize=resize, network=net, progress=progress,
+                                       desc="sample features")
+        results["fid_reference"] = ref.key
+        results["fid_resize"] = resize
+        if "fid" in names:
+            results["fid"] = fid.fid_from_features(ref.features, feats)
+        if "kid" in names:
+            results["kid"], results["kid_std"] = fid.kid(ref.features, feats, kid_subset,
+                                                         kid_subsets, seed)
+        if "pr" in names:  # equal set sizes: the k-NN radii depend on how many points there are
+            real = ref.features
+            if len(real) > n:
+                real = real[np.random.default_rng(seed).choice(len(real), n, replace=False)]
+            results["precision"], results["recall"] = fid.precision_recall(real, feats)
+    if "accuracy" in names:
+        if data.name == "shapes":
+            from inkfuse.metrics.shapes_check import kind_accuracy
+
+            results["accuracy"] = kind_accuracy(x, labels, max_objects=data.max_objects)
+        else:
+            from inkfuse.metrics.domain import class_accuracy
+
+            results["accuracy"] = class_accuracy(x, labels, data.name)
+    if "fd_cls" in names:
+        from inkfuse.metrics.domain import fd_cls
+
+        results["fd_cls"] = fd_cls(x, data.name, reference_n)
+    return results
+
+
+def evaluate(
+    run: Any, metrics: str | list[str], n: int = 1000, sampler: str | None = None,
+    steps: int | None = None, guidance: float | None = None, seed: int = 0, *,
+    eta: float | None = None, ema: bool = True, batch_size: int = 256,
+    reference_n: int | None = None, resize: str = "clean",
+    fid_weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sample `n` images from `run` (a `Run` or a run dir) and compute `metrics` (see the
+    module doc). Sampler, steps, guidance and eta default to the run's [sample] settings.
+
+    Returns {"fid": ..., "kid": ..., "kid_std": ..., "precision": ..., "recall": ...,
+    "accuracy": ..., "fd_cls": ...} (those asked) plus the settings used."""
+    from inkfuse import pipelines, viz
+
+    names = parse_metrics(metrics)
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"--n must be a positive integer, got {n!r}")
+    if not isinstance(run, pipelines.Run):
+        run = pipelines.load_run(run, ema=ema, device=device)
+    cfg = run.config
+    class_labels = cfg.model.cond_dim > 0 and cfg.data.labels == "class"
+    _check_applicable(names, cfg.data, n, class_labels)
+    if any(m in names for m in _INCEPTION_METRICS):
+        fid.load_inception(fid_weights)  # a missing file fails before minutes of sampling
+    s = cfg.sample
+    settings = {
+        "sampler": sampler or s.sampler, "steps": steps or s.steps,
+        "guidance": s.guidance if guidance is None else guidance,
+        "eta": s.eta if eta is None else eta,
+    }
+    if settings["guidance"] < 0:
+        raise ConfigError(f"--guidance must be >= 0, got {settings['guidance']}")
+    labels = torch.arange(n) % cfg.model.cond_dim if class_labels else None
+    start = time.time()
+    samples = pipelines.sample(run, n, labels=labels, seed=seed, batch_size=batch_size,
+                               progress=progress, rescale=s.guidance_rescale, **settings)
+    sample_seconds = time.time() - start
+    images = torch.from_numpy(viz.to_uint8(samples)).permute(0, 3, 1, 2)  # as `inkfuse sample`
+    results = evaluate_images(images, labels, cfg.data, names, reference_n=reference_n,
+                              resize=resize, fid_weights=fid_weights, progress=progress,
+                              seed=seed)
+    return {
+        "run": str(Path(run.dir)), "dataset": cfg.data.name, "size": cfg.data.size, "n": n,
+        **settings, "seed": seed, "ema": ema, **results,
+        "sample_seconds": round(sample_seconds, 2),
+        "seconds": round(time.time() - start, 2),
+    }
+
+
+def evaluate_npz(
+    path: str | os.PathLike[str], metrics: str | list[str], dataset: str, *,
+    max_objects: int = 1, reference_n: int | None = None, resize: str = "clean",
+    fid_weights: str | os.PathLike[str] | None = None, progress: bool = True, seed: int = 0,
+) -> dict[str, Any]:
+    """The metrics of images saved by `inkfuse sample --out x.npz` against `dataset`."""
+    images, labels = fid.load_npz_images(path)
+    try:
+        data = DataConfig(name=dataset, size=images.shape[-1], max_objects=max_objects)
+        from inkfuse.config import from_dict
+
+        data = from_dict({"data": vars(data)}, source="--dataset").data
+    except ConfigError as e:
+        raise ConfigError(f"--dataset: {e}") from None
+    results = evaluate_images(images, labels, data, metrics, reference_n=reference_n,
+                              resize=resize, fid_weights=fid_weights, progress=progress,
+                              seed=seed)
+    return {"npz": str(path), "dataset": dataset, "size": images.shape[-1], "n": len(images),
+            **results}
+
+
+__all__ = ["METRICS", "evaluate", "evaluate_images", "evaluate_npz", "parse_metrics"]

