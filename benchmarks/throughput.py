@@ -44,21 +44,22 @@ def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, seconds: float =
     return 2 * n**3 * iters / (time.perf_counter() - t0)
 
 
-def one(recipe: str, precision: str, seconds: float, device: str) -> dict:
+def one(recipe: str, precision: str, seconds: float, device: str,
+        overrides: list[str]) -> dict:
     """Measure one (recipe, precision) in this process."""
-    config = load_recipe(recipe, [f"train.precision='{precision}'"])
+    config = load_recipe(recipe, [f"train.precision='{precision}'", *overrides])
     tc, size = config.train, config.data.size
     channels = 1 if config.data.name in ("mnist", "fashion-mnist") else 3
     classes = 10 if config.data.name != "shapes" else 4
     config = replace(config, model={"in_channels": channels, "cond_dim": classes})
     net = build_model(config.model, size, config.diffusion.timesteps).to(device)
-    net = net.to(memory_format=torch.channels_last)
+    memory = torch.channels_last if tc.channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, foreach=device == "cpu",
                             fused=device == "cuda")
     schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps)
     b = tc.batch_size
-    x0 = torch.randn(b, channels, size, size, device=device).contiguous(
-        memory_format=torch.channels_last)
+    x0 = torch.randn(b, channels, size, size, device=device).contiguous(memory_format=memory)
     cond = Condition.from_labels(torch.arange(b, device=device) % classes, classes)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -100,18 +101,21 @@ def main() -> None:
     p.add_argument("--recipes", nargs="+", default=["shapes", "mnist", "ddpm-course"])
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--set", action="append", default=[], help="recipe override for every run, "
+                   "e.g. --set train.channels_last=true")
     p.add_argument("--one", nargs=2, metavar=("RECIPE", "PRECISION"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(one(*args.one, args.seconds, args.device)))
+        print(json.dumps(one(*args.one, args.seconds, args.device, args.set)))
         return
 
     peaks = {d: matmul_peak(getattr(torch, d), args.device) for d in ("float32", "bfloat16")}
     rows = []
     for recipe in args.recipes:
         for precision in ("fp32", "bf16"):
+            sets = [a for o in args.set for a in ("--set", o)]
             out = subprocess.run([sys.executable, __file__, "--one", recipe, precision,
-                                  "--seconds", str(args.seconds), "--device", args.device],
+                                  "--seconds", str(args.seconds), "--device", args.device, *sets],
                                  capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             peak = peaks["float32" if precision == "fp32" else "bfloat16"]
@@ -126,7 +130,8 @@ def main() -> None:
         f"# Training throughput ({device}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__})", "",
         f"Matmul peak measured in this run: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
-        f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s (2048² matmul).", "",
+        f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s (2048² matmul). Recipe settings"
+        + (f" with {', '.join(args.set)}" if args.set else "") + ".", "",
         "| recipe | precision | batch | size | params | GFLOP/image (fwd+bwd) | images/s | "
         "achieved GFLOP/s | MFU | peak memory |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -7,8 +7,19 @@ from pathlib import Path
 
 import pytest
 
+# CI clones the repository beside shared/, which holds MNIST, Fashion-MNIST and the FID network.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ.setdefault("INKFUSE_DATA", str(SHARED_DATA))
+os.environ["INKFUSE_OFFLINE"] = "1"  # no test may reach the network
+
+
+@pytest.fixture
+def shared_data(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shared data folder, as INKFUSE_DATA; skips where the checkout has none beside it."""
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"shared datasets not found at {SHARED_DATA} (clone the repo beside shared/)")
+    monkeypatch.setenv("INKFUSE_DATA", str(SHARED_DATA))
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

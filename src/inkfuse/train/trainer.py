@@ -169,8 +169,9 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
 
     gen = torch.Generator(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    budget = f" (stops after {tc.max_minutes:g} min)" if tc.max_minutes else ""
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and d.main), unit="step",
-               dynamic_ncols=True)
+               desc=f"training{budget}", dynamic_ncols=True)
     t0, images_seen = time.monotonic(), 0
     step = start
     while step < tc.steps:

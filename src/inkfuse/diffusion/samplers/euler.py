@@ -98,7 +98,6 @@ def euler_step(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> 
     return x + (sigma_next - sigma) * d
 
 
-@torch.no_grad()
 def euler(
     denoiser: Callable, x: Tensor, timesteps: Tensor, cond: Condition | None = None, *,
     churn: float = 0.0, churn_sigma_min: float = 0.0, churn_sigma_max: float = math.inf,
@@ -110,6 +109,29 @@ def euler(
     churn, churn_sigma_min, churn_sigma_max, churn_noise are EDM's S_churn, S_tmin, S_tmax
     (noise levels σ, not steps) and S_noise; churn = 0 (the default) is deterministic.
     """
+    return edm_walk(denoiser, x, timesteps, cond, heun=False, churn=churn,
+                    churn_sigma_min=churn_sigma_min, churn_sigma_max=churn_sigma_max,
+                    churn_noise=churn_noise, generator=generator, on_step=on_step)
+
+
+def heun_step(x: Tensor, x_next: Tensor, denoised: Tensor, denoised_next: Tensor, sigma: float,
+              sigma_next: float) -> Tensor:
+    """Correct the Euler guess x_next (Alg. 2 lines 10–11):
+        d = (x − D(x; σ)) / σ,  d' = (x_next − D(x_next; σ_next)) / σ_next,
+        x_next = x + (σ_next − σ) (d + d') / 2."""
+    d = (x - denoised) / sigma
+    d_next = (x_next - denoised_next) / sigma_next
+    return x + (sigma_next - sigma) * (d + d_next) / 2
+
+
+@torch.no_grad()
+def edm_walk(
+    denoiser: Callable, x: Tensor, timesteps: Tensor, cond: Condition | None, *, heun: bool,
+    churn: float, churn_sigma_min: float, churn_sigma_max: float, churn_noise: float,
+    generator: torch.Generator | None, on_step: OnStep | None,
+) -> Tensor:
+    """EDM's Algorithm 2: churn up, an Euler step, and with `heun` its trapezoidal correction
+    (a second model call at σ_next, skipped on the last step to σ = 0)."""
     schedule = denoiser.schedule
     sigmas = sigma_grid(schedule, timesteps)
     x = from_vp(x, sigmas[0])
@@ -117,7 +139,11 @@ def euler(
         gamma = churn_gamma(sigmas[i], len(timesteps), churn, churn_sigma_min, churn_sigma_max)
         x, sigma, t_hat = churn_up(schedule, x, sigmas[i], t, gamma, churn_noise, generator)
         pred = denoise(denoiser, x, sigma, t_hat, cond)
-        x = euler_step(x, pred.x0, sigma, sigmas[i + 1])
+        x_next = euler_step(x, pred.x0, sigma, sigmas[i + 1])
+        if heun and sigmas[i + 1] > 0:
+            pred_next = denoise(denoiser, x_next, sigmas[i + 1], timesteps[i + 1], cond)
+            x_next = heun_step(x, x_next, pred.x0, pred_next.x0, sigma, sigmas[i + 1])
+        x = x_next
         if on_step is not None:
             on_step(i, to_vp(x, sigmas[i + 1]), pred)
     return x
