@@ -10,10 +10,12 @@ intermediate state (for progress bars and animations), once per step, in the VP 
 | `ddim`       | `ddim`     | 1     | N            | trailing                 |
 | `euler`      | `euler`    | 1     | N            | karras                   |
 | `heun`       | `heun`     | 2     | 2N − 1       | karras                   |
-| `dpmpp-2m`   | `dpmpp_2m` | 2     | N            | karras                   |
-| `unipc`      | `unipc`    | 3     | N            | karras                   |
+| `dpmpp-2m`   | `dpmpp_2m` | 2     | N            | trailing                 |
+| `unipc`      | `unipc`    | 3     | N            | trailing                 |
 
-Build the grid with `schedule.timestep_grid(schedule, steps, SPACING[name])`.
+Build the grid with `schedule.timestep_grid(schedule, steps, SPACING[name])`. The multistep
+solvers use the trailing grid: on cosine-schedule models they beat the Karras grid at 5-10
+steps (benchmarks/results/quality_vs_steps_*.md); Euler/Heun use Karras σ capped at EDM's 80.
 """
 
 from inkfuse.diffusion.samplers.ddim import ddim

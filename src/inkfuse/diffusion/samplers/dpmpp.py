@@ -14,7 +14,8 @@ of the published solvers (its corrector raises the order by one for free), while
 needs ≥ 20–30 steps before its noise pays off. Deterministic samplers can also be checked for
 convergence against the exact ODE solution.
 
-Default grid: `karras_timesteps` (EDM eq. 5, ρ = 7).
+Default grid: trailing integer steps (`SPACING`); on cosine-schedule models it beats the Karras
+grid at 5–10 steps (benchmarks/results/quality_vs_steps_*.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ raises σ to σ̂ = (1 + γ) σ by adding fresh noise, then takes the ODE step f
 the deterministic Euler method. The helpers here (σ grid, D(x; σ), churn) are shared by
 `heun` and `dpmpp`.
 
-Default grid: `karras_timesteps` (EDM eq. 5, ρ = 7).
+Default grid: `karras_timesteps` (EDM eq. 5, ρ = 7) with σ_max capped at EDM's 80.
 """
 
 from __future__ import annotations

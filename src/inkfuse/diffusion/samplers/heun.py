@@ -5,10 +5,9 @@ slopes. The last step (to σ = 0, where d' = (x − D)/σ is undefined) stays Eu
 so N steps cost 2N − 1 model calls (`samplers.nfe`). Churn as in `euler`.
 
 The trapezoid in σ is poor when one step spans a huge σ ratio: the cosine schedule's last step
-jumps to σ_{T−1} ≈ 2·10⁴, so with few steps start the grid lower there,
-`karras_timesteps(schedule, steps, sigma_max=80.0)` (EDM's σ_max).
+jumps to σ_{T−1} ≈ 2·10⁴, so `timestep_grid` starts the Karras grid at EDM's σ_max = 80.
 
-Default grid: `karras_timesteps` (EDM eq. 5, ρ = 7).
+Default grid: `karras_timesteps` (EDM eq. 5, ρ = 7) with σ_max capped at EDM's 80.
 """
 
 from __future__ import annotations
