@@ -55,6 +55,7 @@ def test_viz_and_data_commands(run_dir, tmp_path, capsys):
     (["train", "shapes", "--set", "train.lr=-2"], "train.lr = -2.0 is out of range"),
     (["train", "no-such-recipe"], "recipe 'no-such-recipe' not found"),
     (["viz", "forward", "shapes", "--out", "x.jpg"], "use a file ending in .png, .gif"),
+    (["train", "shapes", "--set", "data.name=folder"], "needs data.path"),
 ])
 def test_bad_input_is_one_line(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

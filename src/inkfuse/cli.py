@@ -90,6 +90,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         on_step=(lambda i, x, p: frames.append(x.clamp(-1, 1).cpu())) if out.suffix == ".gif"
         else None,
     )
+    if out.suffix == ".gif" and args.n > 64:
+        raise ConfigError(f"a .gif animates at most 64 samples, not {args.n}: lower --n")
     if options["guidance"] < 0:
         raise ConfigError(f"--guidance must be >= 0, got {options['guidance']}")
     images = pipelines.sample(run, args.n, labels=labels, context=context, **options)
