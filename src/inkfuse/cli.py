@@ -16,6 +16,7 @@ import torch
 from inkfuse import config as config_mod
 from inkfuse.diffusion.samplers import SAMPLERS
 from inkfuse.diffusion.schedule import SPACINGS
+from inkfuse.editing_cli import add_editing_parsers
 from inkfuse.errors import ConfigError, InkfuseError
 from inkfuse.metrics.cli import add_eval_parser
 
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     vz.set_defaults(fn=cmd_viz)
 
     add_eval_parser(sub)
+    add_editing_parsers(sub)
 
     da = sub.add_parser("data", help="list or download datasets")
     da.add_argument("what", choices=["list", "fetch"])

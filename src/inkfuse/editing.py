@@ -1,0 +1,189 @@
+"""Editing images with a trained run, no extra training: inpainting and image-to-image.
+
+Both start from the forward process q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 − ᾱ_t) I) of a real image.
+
+**Inpainting** (RePaint, Lugmayr et al. 2022). Walk the reverse process on the run's trailing
+grid with ancestral DDPM steps; after each step, put back the known region as the original
+noised to the same level:
+
+    x_prev = m ⊙ ddpm_step(x_t) + (1 − m) ⊙ q_sample(x_0, t_prev, ε)      (m = 1: fill)
+
+With `resample` = R > 1, each step is redone R times, going back up between tries with
+q(x_t | x_prev) = N(sqrt(ᾱ_t / ᾱ_prev) x_prev, (1 − ᾱ_t / ᾱ_prev) I): the known and generated
+regions get R chances to agree (RePaint's resampling, with a jump length of one step). At the
+end the known pixels are pasted exactly, so they come back bit for bit.
+
+**Image-to-image** (SDEdit, Meng et al. 2022). Noise the image with q_sample to the largest step
+t_start of the sampler's grid at or below strength · (T − 1), then let the sampler denoise from
+there on the rest of its grid. strength = 1 starts from (almost) pure noise and keeps little of
+the input; a strength whose t_start would fall below the grid's last step returns the input.
+
+    run = load_run("runs/shapes")
+    filled = inpaint(run, image, mask, labels=[2], guidance=3.0)
+    edited = img2img(run, image, strength=0.5)
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from inkfuse.diffusion import SAMPLERS
+from inkfuse.diffusion.conditioning import Condition
+from inkfuse.diffusion.samplers import SPACING
+from inkfuse.diffusion.samplers.ddpm import ddpm_step
+from inkfuse.diffusion.schedule import timestep_grid
+from inkfuse.errors import ConfigError, DataError
+from inkfuse.pipelines import Run, make_condition
+
+
+@torch.no_grad()
+def inpaint(
+    run: Run, image: Tensor, mask: Tensor, *, steps: int = 50, guidance: float | None = None,
+    labels: Tensor | None = None, context: Tensor | None = None, seed: int = 0,
+    resample: int = 1, progress: bool = True,
+) -> Tensor:
+    """Fill the region where `mask` is 1 (> 0.5) and keep the rest of `image` exactly.
+
+    image: [N, C, H, W] in [-1, 1] at the run's size and channels; mask: [N or 1, 1, H, W]
+    (or [H, W]), 1 = fill, 0 = keep. `guidance` (CFG weight, default the recipe's) applies when
+    labels or context are given; without them a conditional model runs unconditionally.
+    Returns [N, C, H, W] in [-1, 1] on the CPU; same seed, same result. An empty mask returns
+    the input.
+    """
+    if resample < 1:
+        raise ConfigError(f"--resample must be at least 1, got {resample}")
+    x0 = _check_image(run, image)
+    keep = _check_mask(mask, x0) <= 0.5  # [N, 1, H, W] bool, True = known pixel
+    if keep.all():
+        return x0.cpu()
+    n, device, schedule = len(x0), run.device, run.schedule
+    denoiser, cond = _denoiser(run, n, guidance, labels, context)
+    ts = timestep_grid(schedule, steps, "trailing").to(device)
+    gen = torch.Generator(device).manual_seed(seed)
+    noise = lambda: torch.randn(x0.shape, generator=gen, device=device)  # noqa: E731
+    bar = tqdm(total=len(ts) * resample, disable=not progress, unit="step",
+               desc=f"inpaint {steps} steps", dynamic_ncols=True)
+    x = noise()
+    with _autocast(run):
+        for i, t in enumerate(ts):
+            last = i == len(ts) - 1
+            ab_t = schedule.alpha_bar(t).to(x)
+            ab_prev = torch.ones_like(ab_t) if last else schedule.alpha_bar(ts[i + 1]).to(x)
+            for r in range(resample):
+                pred = denoiser(x, t.expand(n), cond)
+                x_gen = ddpm_step(x, pred, ab_t, ab_prev, None if last else noise())
+                known = x0 if last else ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * noise()
+                x = torch.where(keep, known, x_gen)
+                if r < resample - 1 and not last:  # back up one step: x_t ~ q(x_t | x_prev)
+                    alpha = ab_t / ab_prev
+                    x = alpha.sqrt() * x + (1 - alpha).sqrt() * noise()
+                bar.update(1)
+                if last:
+                    break
+    bar.close()
+    return torch.where(keep, x0, x.clamp(-1, 1)).cpu()
+
+
+@torch.no_grad()
+def img2img(
+    run: Run, image: Tensor, *, strength: float = 0.6, steps: int = 50, sampler: str = "ddim",
+    guidance: float | None = None, labels: Tensor | None = None, context: Tensor | None = None,
+    seed: int = 0, progress: bool = True,
+) -> Tensor:
+    """SDEdit: noise `image` ([N, C, H, W] in [-1, 1]) to about strength · (T − 1), denoise back.
+
+    `sampler` is any registered sampler, on its own default grid for `steps` steps, of which
+    only the steps at or below strength · (T − 1) run. Returns [N, C, H, W] in [-1, 1] on the
+    CPU; same seed, same result.
+    """
+    if not 0 < strength <= 1:
+        raise ConfigError(f"--strength must be in (0, 1], got {strength}")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+    x0 = _check_image(run, image)
+    n, device, schedule = len(x0), run.device, run.schedule
+    grid = timestep_grid(schedule, steps, SPACING[sampler]).to(device)
+    ts = grid[grid <= strength * (schedule.T - 1) + 1e-6]
+    if len(ts) == 0:  # too little noise to reach even the grid's last step: nothing to change
+        return x0.cpu()
+    denoiser, cond = _denoiser(run, n, guidance, labels, context)
+    gen = torch.Generator(device).manual_seed(seed)
+    x = schedule.q_sample(x0, ts[0].expand(n), torch.randn(x0.shape, generator=gen,
+                                                             device=device))
+    fn = SAMPLERS[sampler]
+    bar = tqdm(total=len(ts), disable=not progress, unit="step",
+               desc=f"img2img {sampler} {len(ts)}/{len(grid)} steps", dynamic_ncols=True)
+    options = {"generator": gen, "on_step": lambda i, x, pred: bar.update(1)}
+    if "eta" in inspect.signature(fn).parameters:
+        options["eta"] = run.config.sample.eta
+    with _autocast(run):
+        x = fn(denoiser, x, ts, cond, **options)
+    bar.close()
+    return x.clamp(-1, 1).cpu()
+
+
+# --- shared checks ----------------------------------------------------------------------------
+
+def _check_image(run: Run, image: Tensor) -> Tensor:
+    """The image as float [N, C, H, W] on the run's device, or a one-line DataError."""
+    image = torch.as_tensor(image)
+    if image.ndim == 3:
+        image = image[None]
+    c, size, _ = run.shape
+    if image.ndim != 4:
+        raise DataError(f"expected an image [N, C, H, W], got shape {tuple(image.shape)}")
+    if image.shape[1] != c:
+        raise DataError(f"the image has {image.shape[1]} channels but the model in {run.dir} "
+                        f"draws {c}: convert it (load_image(path, size, channels={c}))")
+    if tuple(image.shape[-2:]) != (size, size):
+        h, w = image.shape[-2:]
+        raise DataError(f"the image is {w}x{h} but the model in {run.dir} draws {size}x{size}: "
+                        f"resize it (load_image(path, size={size}))")
+    if not image.is_floating_point():
+        raise DataError("expected a float image in [-1, 1], got integers "
+                        "(convert with x / 127.5 - 1)")
+    return image.to(run.device, torch.float32)
+
+
+def _check_mask(mask: Tensor, x0: Tensor) -> Tensor:
+    """The mask as float [N or 1, 1, H, W] matching `x0`, or a one-line DataError."""
+    mask = torch.as_tensor(mask).to(x0.device, torch.float32)
+    while mask.ndim < 4:
+        mask = mask[None]
+    h, w = x0.shape[-2:]
+    if tuple(mask.shape[-2:]) != (h, w):
+        mh, mw = mask.shape[-2:]
+        raise DataError(f"the mask is {mw}x{mh} but the image is {w}x{h}: "
+                        "give a mask of the same size")
+    if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, len(x0)):
+        raise DataError(f"expected a mask [N, 1, H, W] or [H, W], got shape {tuple(mask.shape)}")
+    return mask
+
+
+def _denoiser(run: Run, n: int, guidance: float | None, labels: Tensor | None,
+              context: Tensor | None) -> tuple:
+    """The (guided) denoiser and condition: unconditional unless labels or context are given."""
+    if guidance is None:
+        guidance = run.config.sample.guidance
+    if guidance < 0:
+        raise ConfigError(f"--guidance must be >= 0, got {guidance}")
+    if run.conditional and labels is None and context is None:
+        null = Condition.from_labels(torch.zeros(n, dtype=torch.int64), run.config.model.cond_dim)
+        return run.denoiser(1.0), null.null_like().to(run.device)
+    cond = make_condition(run, n, labels, context)
+    return run.denoiser(guidance), None if cond is None else cond.to(run.device)
+
+
+def _autocast(run: Run):
+    """bf16 autocast for the network, as `pipelines.sample` does, when the run trained in bf16."""
+    if run.config.train.precision == "bf16":
+        return torch.autocast(run.device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+__all__ = ["img2img", "inpaint"]
