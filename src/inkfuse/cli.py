@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from inkfuse import config as config_mod
+from inkfuse.clip.cli import add_clip_parser
 from inkfuse.diffusion.samplers import SAMPLERS
 from inkfuse.diffusion.schedule import SPACINGS
 from inkfuse.editing_cli import add_editing_parsers
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
     add_editing_parsers(sub)
+    add_clip_parser(sub)
 
     da = sub.add_parser("data", help="list or download datasets")
     da.add_argument("what", choices=["list", "fetch"])

@@ -1,0 +1,189 @@
+"""A byte-level BPE tokenizer (GPT-2 / CLIP style), trained on the captions it will read.
+
+Text is first split into chunks (a word with its leading space, a number, a run of punctuation,
+or whitespace), each chunk is turned into its UTF-8 bytes (ids 0-255), and learned merges join
+the most frequent adjacent pairs into new ids (256, 257, ...), in the order they were learned.
+Three special ids follow the merges: `<sot>` and `<eot>` around every prompt, `<pad>` after it.
+
+Because every byte is in the vocabulary, there are no unknown *tokens*: any string encodes, and
+`decode(encode(s, normalize=False)) == s` for every str. A word the text encoder never saw in
+training still gets an embedding, just a meaningless one; `unknown_words` finds such words so
+the CLI can refuse them with a clear message instead of drawing nonsense.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from inkfuse.errors import CheckpointError, ConfigError
+from inkfuse.io import atomic_path
+
+FORMAT = "inkfuse-bpe-1"
+SPECIALS = ("<sot>", "<eot>", "<pad>")
+# letters, digits, punctuation (with an optional leading space), then whitespace; covers every
+# character, so joining the chunks gives back the text
+_CHUNK = re.compile(r" ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+")
+_WORD = re.compile(r"[^\W\d_]+|\d+")
+
+Pair = tuple[int, int]
+
+
+def normalize(text: str) -> str:
+    """Lower-case and collapse runs of whitespace, as CLIP does: "A  Red\\tCircle " -> "a red
+    circle". Captions differ in case and spacing more than in meaning."""
+    return " ".join(text.lower().split())
+
+
+def _merge(ids: list[int], pair: Pair, new: int) -> list[int]:
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(new)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+class BPETokenizer:
+    """Merges learned from a corpus; `words` are the words that corpus contained."""
+
+    def __init__(self, merges: list[Pair], words: Iterable[str] = ()):
+        self.merges = [tuple(p) for p in merges]
+        self.ranks: dict[Pair, int] = {p: i for i, p in enumerate(self.merges)}
+        self.words = frozenset(words)
+        self.bytes: list[bytes] = [bytes([b]) for b in range(256)]
+        for a, b in self.merges:
+            self.bytes.append(self.bytes[a] + self.bytes[b])
+        self.sot, self.eot, self.pad = range(len(self.bytes), len(self.bytes) + 3)
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.bytes) + len(SPECIALS)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+        """Learn `vocab_size - 259` merges from `texts` (normalised), most frequent pair first.
+
+        Counting is per distinct chunk times its frequency, so a corpus of a million captions
+        with a few hundred distinct words trains in milliseconds. Stops early when no pair
+        occurs twice. Ties break towards the smaller pair, so training is deterministic.
+        """
+        if vocab_size < 256 + len(SPECIALS):
+            raise ConfigError(f"vocab_size = {vocab_size} is too small: it must be at least "
+                              f"{256 + len(SPECIALS)} (256 bytes + 3 special tokens)")
+        chunks: Counter[str] = Counter()
+        words: set[str] = set()
+        for text in texts:
+            text = normalize(text)
+            chunks.update(_CHUNK.findall(text))
+            words.update(_WORD.findall(text))
+        seqs = {c: list(c.encode()) for c in chunks}
+        merges: list[Pair] = []
+        for new in range(256, vocab_size - len(SPECIALS)):
+            pairs: Counter[Pair] = Counter()
+            for c, ids in seqs.items():
+                for pair in itertools.pairwise(ids):
+                    pairs[pair] += chunks[c]
+            if not pairs:
+                break
+            best = min(pairs, key=lambda p: (-pairs[p], p))
+            if pairs[best] < 2:
+                break
+            merges.append(best)
+            seqs = {c: _merge(ids, best, new) for c, ids in seqs.items()}
+        return cls(merges, words)
+
+    def _encode_chunk(self, chunk: str) -> list[int]:
+        """Apply merges in the order they were learned (lowest rank first), as GPT-2 does."""
+        if chunk in self._cache:
+            return self._cache[chunk]
+        ids = list(chunk.encode())
+        while len(ids) > 1:
+            pair = min(itertools.pairwise(ids),
+                       key=lambda p: self.ranks.get(p, len(self.ranks)))
+            if pair not in self.ranks:
+                break
+            ids = _merge(ids, pair, 256 + self.ranks[pair])
+        if len(self._cache) < 100_000:
+            self._cache[chunk] = ids
+        return ids
+
+    def encode(self, text: str, *, normalize_text: bool = True) -> list[int]:
+        """Token ids of `text`, without `<sot>`/`<eot>`. Normalised first unless told not to."""
+        if normalize_text:
+            text = normalize(text)
+        return [i for chunk in _CHUNK.findall(text) for i in self._encode_chunk(chunk)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; special tokens are dropped. Invalid UTF-8 (a cut multi-byte character)
+        becomes U+FFFD rather than an error."""
+        ids = [int(i) for i in ids]
+        return b"".join(self.bytes[i] for i in ids if i < len(self.bytes)).decode(
+            "utf-8", errors="replace")
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` (after normalising) that never occurred in the training captions, in
+        order of first appearance. Empty when the tokenizer has no word list (trained on none)."""
+        if not self.words:
+            return []
+        seen: dict[str, None] = {}
+        for word in _WORD.findall(normalize(text)):
+            if word not in self.words:
+                seen.setdefault(word)
+        return list(seen)
+
+    def batch(self, texts: list[str], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`<sot> tokens <eot> <pad>...` per text: (ids int64 [B, L], mask bool [B, L]), where
+        mask marks the real tokens (pads are False) and L = context_length."""
+        ids = torch.full((len(texts), context_length), self.pad, dtype=torch.int64)
+        mask = torch.zeros((len(texts), context_length), dtype=torch.bool)
+        for row, text in enumerate(texts):
+            if not normalize(text):
+                raise ConfigError("the prompt is empty: describe the image, e.g. 'a red circle'")
+            tokens = [self.sot, *self.encode(text), self.eot]
+            if len(tokens) > context_length:
+                raise ConfigError(f"prompt is {len(tokens)} tokens, the model reads at most "
+                                  f"{context_length}: shorten it")
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = True
+        return ids, mask
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "merges": [list(p) for p in self.merges],
+                "words": sorted(self.words)}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "tokenizer") -> BPETokenizer:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CheckpointError(f"{source} is not an inkfuse BPE tokenizer (no '{FORMAT}' tag)")
+        merges = data.get("merges", [])
+        for i, pair in enumerate(merges):  # a merge may only refer to bytes or earlier merges
+            if len(pair) != 2 or not all(isinstance(t, int) and 0 <= t < 256 + i for t in pair):
+                raise CheckpointError(f"{source}: merge {i} {pair} is invalid; the file is "
+                                      "damaged, train the tokenizer again")
+        return cls([tuple(p) for p in merges], data.get("words", []))
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> BPETokenizer:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is missing: train a tokenizer first") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path} is damaged ({e}); train it again") from None
+        return cls.from_dict(data, str(path))

@@ -1,0 +1,58 @@
+"""The CLIP towers and the InfoNCE loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from inkfuse.clip.tokenizer import BPETokenizer
+from inkfuse.nn.clip import CLIP, ClipModelConfig, clip_loss
+
+CORPUS = ["a red circle", "a blue square in the center", "a blue square in the top left"] * 2
+
+
+def small() -> CLIP:
+    torch.manual_seed(0)
+    return CLIP(ClipModelConfig(image_size=16, channels=[8, 16], vocab_size=300,
+                                context_length=24, width=32, layers=2, heads=2, embed_dim=16))
+
+
+def test_shapes_and_unit_norm() -> None:
+    model = small().eval()
+    tok = BPETokenizer.train(CORPUS, 300)
+    ids, mask = tok.batch(["a red circle", "a blue square in the center"], 24)
+    img = model.encode_image(torch.rand(2, 3, 16, 16) * 2 - 1)
+    txt = model.encode_text(ids, mask)
+    assert img.shape == txt.shape == (2, 16)
+    assert torch.allclose(img.norm(dim=1), torch.ones(2)) and torch.allclose(txt.norm(dim=1),
+                                                                           torch.ones(2))
+    feats, m = model.encode_text_tokens(ids, mask)
+    assert feats.shape == (2, 24, 32) and m is mask
+    assert math.isclose(model.scale().item(), 1 / 0.07, rel_tol=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert math.isclose(model.scale().item(), 100.0, rel_tol=1e-5)
+
+
+def test_padding_does_not_change_text_features() -> None:
+    model = small().eval()
+    tok = BPETokenizer.train(CORPUS, 300)
+    texts = ["a red circle", "a blue square in the top left"]
+    short, long = tok.batch(texts, 17), tok.batch(texts, 24)
+    with torch.no_grad():
+        a, b = model.encode_text(*short), model.encode_text(*long)
+        fa, _ = model.encode_text_tokens(*short)
+        fb, _ = model.encode_text_tokens(*long)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(fa[short[1]], fb[long[1]], atol=1e-5)
+
+
+def test_clip_loss_closed_form() -> None:
+    img = F.normalize(torch.randn(4, 8), dim=1)
+    assert math.isclose(clip_loss(img, img, 0.0).item(), math.log(4), rel_tol=1e-6)
+    logits = 5.0 * img @ img.T
+    expected = -torch.log_softmax(logits, 1).diag().mean()  # symmetric: rows = columns
+    assert torch.allclose(clip_loss(img, img, 5.0), expected)
+    assert clip_loss(img, img, 100.0) < clip_loss(img, img.roll(1, 0), 100.0)
