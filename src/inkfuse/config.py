@@ -176,32 +176,31 @@ def _check(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
             raise ConfigError(f"{key} = {value!r} is out of range {span}")
 
 
+def build_section(cls: type, table: dict[str, Any], name: str, source: str) -> Any:
+    """One validated section dataclass from its table: unknown keys, types, choices, ranges."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] in {source} must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key {name}.{unknown[0]} in {source} "
+                          f"(known keys of [{name}]: {', '.join(known)})")
+    values = {}
+    for key, value in table.items():
+        values[key] = _coerce(f"{name}.{key}", value, known[key].type)
+        _check(f"{name}.{key}", values[key], known[key].metadata)
+    return cls(**values)
+
+
 def from_dict(raw: dict[str, Any], source: str = "recipe") -> Config:
     """Build and validate a Config from nested dicts (TOML tables or config.json)."""
-    sections = {}
-    for name, cls in _SECTION_TYPES.items():
-        table = raw.get(name, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"[{name}] in {source} must be a table")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(table) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown key {name}.{unknown[0]} in {source} "
-                f"(known keys of [{name}]: {', '.join(known)})"
-            )
-        values = {}
-        for key, value in table.items():
-            dotted = f"{name}.{key}"
-            values[key] = _coerce(dotted, value, known[key].type)
-            _check(dotted, values[key], known[key].metadata)
-        sections[name] = cls(**values)
     extra = sorted(set(raw) - set(_SECTION_TYPES))
     if extra:
         raise ConfigError(
             f"unknown section [{extra[0]}] in {source} (known: {', '.join(_SECTION_TYPES)})"
         )
-    config = Config(**sections)
+    config = Config(**{name: build_section(cls, raw.get(name, {}), name, source)
+                       for name, cls in _SECTION_TYPES.items()})
     _check_consistency(config)
     return config
 
@@ -286,6 +285,6 @@ def replace(config: Config, **sections: dict[str, Any]) -> Config:
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "DiffusionConfig", "ModelConfig", "SampleConfig",
-    "TrainConfig", "from_dict", "load_recipe", "parse_override", "replace",
+    "TrainConfig", "build_section", "from_dict", "load_recipe", "parse_override", "replace",
     "resolve_recipe",
 ]

@@ -19,7 +19,7 @@ import contextlib
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from inkfuse.clip.tokenizer import BPETokenizer
-from inkfuse.config import _check, _coerce, bounded, choice, listed
+from inkfuse.config import bounded, build_section, choice, listed
 from inkfuse.errors import CheckpointError, ConfigError, DataError, TrainingError
 from inkfuse.io import atomic_path
 from inkfuse.nn.clip import CLIP, ClipModelConfig
@@ -70,14 +70,7 @@ class ClipConfig:
 def clip_config(raw: ClipConfig | dict[str, Any]) -> ClipConfig:
     """A validated ClipConfig from a dict (keys as the fields) or one already built."""
     values = asdict(raw) if isinstance(raw, ClipConfig) else dict(raw)
-    known = {f.name: f for f in fields(ClipConfig)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown clip setting {unknown[0]!r} (known: {', '.join(known)})")
-    for key, value in values.items():
-        values[key] = _coerce(f"clip.{key}", value, known[key].type)
-        _check(f"clip.{key}", values[key], known[key].metadata)
-    cfg = ClipConfig(**values)
+    cfg = build_section(ClipConfig, values, "clip", "the clip settings")
     if cfg.width % cfg.heads:
         raise ConfigError(f"clip.width = {cfg.width} is not divisible by clip.heads = "
                           f"{cfg.heads}; pick a width that is a multiple of the head count")
