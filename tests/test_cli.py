@@ -22,8 +22,8 @@ def test_sample_png_gif_npz(run_dir, tmp_path):
     assert main(["sample", str(run_dir), "--n", "8", "--steps", "3", "--out",
                  str(tmp_path / "g.png")]) == 0
     assert Image.open(tmp_path / "g.png").size[0] >= 64
-    assert main(["sample", str(run_dir), "--n", "4", "--steps", "3", "--class", "2", "--out",
-                 str(tmp_path / "a.gif")]) == 0
+    assert main(["sample", str(run_dir), "--n", "4", "--steps", "3", "--class", "2",
+                 "--guidance", "4", "--rescale", "0.7", "--out", str(tmp_path / "a.gif")]) == 0
     assert Image.open(tmp_path / "a.gif").n_frames >= 2
     assert main(["sample", str(run_dir), "--n", "6", "--sampler", "ddpm", "--steps", "4",
                  "--out", str(tmp_path / "s.npz")]) == 0
@@ -71,6 +71,8 @@ def test_damaged_runs_are_one_line(run_dir, tmp_path, capsys):
     shutil.copytree(run_dir, bad)
     assert main(["sample", str(run_dir), "--class", "99", "--out", str(tmp_path / "x.png")]) == 1
     assert "class id 99 is out of range" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--rescale", "2", "--out", str(tmp_path / "x.png")]) == 1
+    assert "--rescale must be in [0, 1]" in capsys.readouterr().err
     ema = bad / "checkpoint" / "ema.safetensors"
     ema.write_bytes(ema.read_bytes()[:200])
     assert main(["sample", str(bad), "--out", str(tmp_path / "x.png")]) == 1

@@ -87,7 +87,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         sampler=args.sampler or s.sampler, steps=args.steps or s.steps,
         eta=s.eta if args.eta is None else args.eta,
         guidance=s.guidance if args.guidance is None else args.guidance,
-        rescale=s.guidance_rescale, seed=args.seed, noise=not args.no_noise, progress=True,
+        rescale=s.guidance_rescale if args.rescale is None else args.rescale,
+        seed=args.seed, noise=not args.no_noise, progress=True,
         spacing=args.spacing, churn=args.churn,
         on_step=(lambda i, x, p: frames.append(x.clamp(-1, 1).cpu())) if out.suffix == ".gif"
         else None,
@@ -96,6 +97,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise ConfigError(f"a .gif animates at most 64 samples, not {args.n}: lower --n")
     if options["guidance"] < 0:
         raise ConfigError(f"--guidance must be >= 0, got {options['guidance']}")
+    if not 0 <= options["rescale"] <= 1:
+        raise ConfigError(f"--rescale must be in [0, 1], got {options['rescale']}")
     images = pipelines.sample(run, args.n, labels=labels, context=context, **options)
     cond_dim = run.config.model.cond_dim
     nrow = cond_dim if cond_dim and labels is None and context is None and args.n > cond_dim \
@@ -207,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--churn", type=float, default=0.0, help="EDM S_churn (euler, heun)")
     sa.add_argument("--guidance", type=float, default=None,
                     help="CFG weight w in eps_u + w (eps_c - eps_u); 1 = no guidance")
+    sa.add_argument("--rescale", type=float, default=None,
+                    help="guidance rescale φ in [0, 1] (Lin et al. 2024; default: the recipe's)")
     group = sa.add_mutually_exclusive_group()
     group.add_argument("--class", dest="class_id", type=int, default=None)
     group.add_argument("--context", default=None, help="context vector, e.g. 1,0,0,0.5,0")
