@@ -26,7 +26,6 @@ the input; a strength whose t_start would fall below the grid's last step return
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
 
 import torch
 from torch import Tensor
@@ -69,7 +68,7 @@ def inpaint(
     bar = tqdm(total=len(ts) * resample, disable=not progress, unit="step",
                desc=f"inpaint {steps} steps", dynamic_ncols=True)
     x = noise()
-    with _autocast(run):
+    with run.autocast():
         for i, t in enumerate(ts):
             last = i == len(ts) - 1
             ab_t = schedule.alpha_bar(t).to(x)
@@ -121,7 +120,7 @@ def img2img(
     options = {"generator": gen, "on_step": lambda i, x, pred: bar.update(1)}
     if "eta" in inspect.signature(fn).parameters:
         options["eta"] = run.config.sample.eta
-    with _autocast(run):
+    with run.autocast():
         x = fn(denoiser, x, ts, cond, **options)
     bar.close()
     return x.clamp(-1, 1).cpu()
@@ -177,13 +176,6 @@ def _denoiser(run: Run, n: int, guidance: float | None, labels: Tensor | None,
         return run.denoiser(1.0), null.null_like().to(run.device)
     cond = make_condition(run, n, labels, context)
     return run.denoiser(guidance), None if cond is None else cond.to(run.device)
-
-
-def _autocast(run: Run):
-    """bf16 autocast for the network, as `pipelines.sample` does, when the run trained in bf16."""
-    if run.config.train.precision == "bf16":
-        return torch.autocast(run.device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 __all__ = ["img2img", "inpaint"]

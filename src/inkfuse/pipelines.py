@@ -50,6 +50,12 @@ class Run:
     def conditional(self) -> bool:
         return self.config.model.cond_dim > 0
 
+    def autocast(self, precision: str | None = None) -> torch.autocast:
+        """bf16 autocast for the network when `precision` (default: the run's training
+        precision) is bf16; the samplers' own arithmetic stays in float32."""
+        bf16 = (precision or self.config.train.precision) == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
     def denoiser(self, guidance: float = 1.0, rescale: float = 0.0) -> Callable:
         base = Denoiser(self.net, self.schedule, self.config.diffusion.target)
         return cfg(base, guidance, rescale) if self.conditional else base
@@ -150,14 +156,12 @@ def sample(
         if on_step is not None:
             on_step(i, x, pred)
 
-    bf16 = (precision or run.config.train.precision) == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     out = []
     for lo in range(0, n, batch_size):
         hi = min(n, lo + batch_size)
         x = torch.randn((hi - lo, *run.shape), generator=gen, device=device)
         c = None if cond is None else cond[lo:hi].to(device)
-        with autocast:
+        with run.autocast(precision):
             out.append(fn(denoiser, x, ts, c, generator=gen, on_step=step_hook, **options).cpu())
     bar.close()
     return torch.cat(out).clamp(-1, 1)

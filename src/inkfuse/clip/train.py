@@ -32,6 +32,7 @@ from inkfuse.errors import CheckpointError, ConfigError, DataError, TrainingErro
 from inkfuse.io import atomic_path
 from inkfuse.nn.clip import CLIP, ClipModelConfig
 from inkfuse.train.checkpoint import load_tensors, read_json, save_tensors, write_json
+from inkfuse.train.trainer import warmup_cosine
 
 FORMAT = "inkfuse-clip-1"
 WEIGHTS, META = "clip.safetensors", "clip.json"
@@ -207,13 +208,8 @@ def train_clip(config: ClipConfig | dict[str, Any], out_dir: str | Path, *,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
 
-    def lr_factor(step: int) -> float:  # linear warmup, then cosine to 0
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_cosine(step, cfg.steps, cfg.warmup_steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     images_dev, ids, mask = train.images.to(device), ids.to(device), mask.to(device)
     n, bs = len(train.captions), min(cfg.batch_size, len(train.captions))

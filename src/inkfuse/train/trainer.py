@@ -87,14 +87,19 @@ def batch_indices(n: int, batch: int, micro_step: int, seed: int, d: Dist) -> Te
     return chunk[d.rank::d.world]
 
 
+def warmup_cosine(step: int, steps: int, warmup: int, floor: float = 0.0) -> float:
+    """LR multiplier: linear warm-up over `warmup` steps, then a cosine from 1 down to `floor`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def lr_at(step: int, cfg: config_mod.TrainConfig) -> float:
     """Linear warm-up, then constant or cosine decay to 10% of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
+    if cfg.lr_schedule == "constant" and step >= cfg.warmup_steps:
         return cfg.lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, floor=0.1)
 
 
 def resolve(config: Config, data: ImageDataset) -> Config:
