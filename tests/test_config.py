@@ -7,7 +7,8 @@ from inkfuse.errors import ConfigError
 
 
 def test_every_builtin_recipe_loads():
-    for name in ["shapes", "mnist", "fashion-mnist", "unet-denoise", "ddpm-course", "sprites"]:
+    for name in ["shapes", "mnist", "fashion-mnist", "unet-denoise", "ddpm-course", "sprites",
+                 "shapes-text"]:
         assert isinstance(load_recipe(name), Config)
 
 
@@ -48,3 +49,13 @@ def test_round_trip_and_replace():
     c = load_recipe("mnist")
     assert from_dict(c.to_dict()) == c
     assert replace(c, train={"steps": 3}).train.steps == 3
+
+
+def test_text_settings_are_checked_together():
+    with pytest.raises(ConfigError, match="attention_resolutions"):
+        load_recipe("shapes", ["data.labels='text'", "text.conditioning='cross-attention'"])
+    with pytest.raises(ConfigError, match="clip-image"):
+        load_recipe("shapes-text", ["data.labels='clip-image'"])
+    with pytest.raises(ConfigError, match="apply only to data"):
+        load_recipe("mnist", ["data.holdout=0.1"])
+    assert load_recipe("shapes-text").text.conditioning == "both"

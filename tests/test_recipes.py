@@ -8,9 +8,14 @@ QUICK = ["train.steps=2", "train.batch_size=8", "train.checkpoint_every=2", "dat
          "sample.steps=2", "sample.per_class=1", "train.max_minutes=0"]
 
 
-@pytest.mark.parametrize("recipe", ["unet-denoise", "ddpm-course", "mnist", "fashion-mnist"])
+EXTRA = {"shapes-text": ["text.clip_steps=3", "data.count=64"]}
+
+
+@pytest.mark.parametrize("recipe", ["unet-denoise", "ddpm-course", "mnist", "fashion-mnist",
+                                    "shapes-text"])
 def test_recipe_trains_and_samples(recipe, tmp_path):
-    run_dir = train(load_recipe(recipe, QUICK), tmp_path / recipe, progress=False)
+    overrides = [*QUICK, *EXTRA.get(recipe, [])]
+    run_dir = train(load_recipe(recipe, overrides), tmp_path / recipe, progress=False)
     run = load_run(run_dir)
     images = sample(run, 2, steps=1, progress=False)
     assert images.shape[0] == 2 and images.abs().max() <= 1

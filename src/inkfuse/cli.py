@@ -74,7 +74,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 # --- sample ---------------------------------------------------------------------------------
 
+def _prompts(args: argparse.Namespace) -> list[str] | None:
+    """--prompt (repeatable) and --prompts-file (one per line; blank lines and # comments
+    skipped), in that order; None when neither is given."""
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        try:
+            lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read --prompts-file {args.prompts_file}: {e}") from None
+        prompts += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not prompts:
+            raise ConfigError(f"--prompts-file {args.prompts_file} has no prompts (one per line)")
+    return prompts or None
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
+    """One grid row per (guidance weight, prompt): every row starts from the same noise, so a
+    guidance sweep or a list of prompts compares like with like."""
     from inkfuse import pipelines, viz
 
     out = _out_path(args.out, (".png", ".gif", ".npz"))
@@ -82,36 +99,60 @@ def cmd_sample(args: argparse.Namespace) -> None:
     s = run.config.sample
     context = torch.tensor(_floats(args.context)) if args.context else None
     labels = torch.tensor([args.class_id]) if args.class_id is not None else None
+    prompts = _prompts(args)
+    guidances = _floats(args.guidance) if args.guidance is not None else [s.guidance]
+    if not guidances or min(guidances) < 0:
+        raise ConfigError(f"--guidance must be numbers >= 0, got {args.guidance!r}")
+    rescale = s.guidance_rescale if args.rescale is None else args.rescale
+    if not 0 <= rescale <= 1:
+        raise ConfigError(f"--rescale must be in [0, 1], got {rescale}")
+    jobs = [(w, p) for w in guidances for p in (prompts or [None])]
+    if out.suffix == ".gif" and (len(jobs) > 1 or args.n > 64):
+        raise ConfigError("a .gif animates one prompt at one guidance weight, at most 64 "
+                          "samples: give one of each and lower --n, or write a .png")
     frames: list[torch.Tensor] = []
     options = dict(
         sampler=args.sampler or s.sampler, steps=args.steps or s.steps,
-        eta=s.eta if args.eta is None else args.eta,
-        guidance=s.guidance if args.guidance is None else args.guidance,
-        rescale=s.guidance_rescale if args.rescale is None else args.rescale,
-        seed=args.seed, noise=not args.no_noise, progress=True,
-        spacing=args.spacing, churn=args.churn,
+        eta=s.eta if args.eta is None else args.eta, rescale=rescale, seed=args.seed,
+        noise=not args.no_noise, progress=True, spacing=args.spacing, churn=args.churn,
         on_step=(lambda i, x, p: frames.append(x.clamp(-1, 1).cpu())) if out.suffix == ".gif"
         else None,
     )
-    if out.suffix == ".gif" and args.n > 64:
-        raise ConfigError(f"a .gif animates at most 64 samples, not {args.n}: lower --n")
-    if options["guidance"] < 0:
-        raise ConfigError(f"--guidance must be >= 0, got {options['guidance']}")
-    if not 0 <= options["rescale"] <= 1:
-        raise ConfigError(f"--rescale must be in [0, 1], got {options['rescale']}")
-    images = pipelines.sample(run, args.n, labels=labels, context=context, **options)
+    sr = pipelines.load_run(args.upsample) if args.upsample else None
+    if sr is not None and out.suffix == ".gif":
+        raise ConfigError("--upsample writes the final images: use a .png or .npz --out")
+
+    def draw(w: float, prompt: str | None) -> torch.Tensor:
+        """One row: the run's samples, then (--upsample) the super-resolution run's."""
+        prompts = None if prompt is None else [prompt]
+        x = pipelines.sample(run, args.n, labels=labels, context=context, prompts=prompts,
+                             guidance=w, **options)
+        if sr is None:
+            return x
+        asked = labels if labels is not None else torch.arange(args.n) % max(1, cond_dim)
+        return pipelines.upsample(sr, x, labels=asked.expand(args.n), prompts=prompts,
+                                  seed=args.seed)
+
     cond_dim = run.config.model.cond_dim
-    nrow = cond_dim if cond_dim and labels is None and context is None and args.n > cond_dim \
-        else min(args.n, 8)
+    images = torch.cat([draw(w, p) for w, p in jobs])
+    rows = [" · ".join(filter(None, [f"w={w:g}" if len(guidances) > 1 else "", p or ""]))
+            for w, p in jobs]
+    class_grid = (len(jobs) == 1 and run.text is None and cond_dim and labels is None
+                  and context is None and args.n > cond_dim)
+    nrow = cond_dim if class_grid else args.n if len(jobs) > 1 or prompts else min(args.n, 8)
     if out.suffix == ".png":
-        viz.save_grid(images, out, nrow=nrow)
+        viz.save_grid(images, out, nrow=nrow, labels=rows if any(rows) else None)
     elif out.suffix == ".gif":
         viz.save_gif(frames, out, nrow=nrow)
     else:
-        arrays = {"images": viz.to_uint8(images)}
+        arrays = {"images": viz.to_uint8(images),
+                  "guidance": np.repeat([w for w, _ in jobs], args.n).astype(np.float32)}
+        if prompts:
+            arrays["prompts"] = np.repeat([p for _, p in jobs], args.n)
         if cond_dim and run.config.data.labels == "class" and context is None:
-            arrays["labels"] = (labels.expand(args.n) if labels is not None
-                                else torch.arange(args.n) % cond_dim).numpy().astype(np.int64)
+            one = (labels.expand(args.n) if labels is not None
+                   else torch.arange(args.n) % cond_dim).numpy().astype(np.int64)
+            arrays["labels"] = np.tile(one, len(jobs))
         from inkfuse.io import atomic_path
 
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
@@ -200,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sa = sub.add_parser("sample", help="draw images from a trained run")
     sa.add_argument("run_dir")
-    sa.add_argument("--n", type=int, default=16)
+    sa.add_argument("--n", type=int, default=16, help="samples (per prompt and guidance weight)")
     sa.add_argument("--sampler", default=None,
                     help=f"{', '.join(SAMPLERS)} (default: the recipe's)")
     sa.add_argument("--steps", type=int, default=None)
@@ -208,13 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="timestep grid (default: the sampler's own)")
     sa.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic")
     sa.add_argument("--churn", type=float, default=0.0, help="EDM S_churn (euler, heun)")
-    sa.add_argument("--guidance", type=float, default=None,
-                    help="CFG weight w in eps_u + w (eps_c - eps_u); 1 = no guidance")
+    sa.add_argument("--guidance", default=None,
+                    help="CFG weight w in eps_u + w (eps_c - eps_u); 1 = no guidance; "
+                         "several (0,1,2,4,8) give one row each")
     sa.add_argument("--rescale", type=float, default=None,
                     help="guidance rescale φ in [0, 1] (Lin et al. 2024; default: the recipe's)")
     group = sa.add_mutually_exclusive_group()
     group.add_argument("--class", dest="class_id", type=int, default=None)
     group.add_argument("--context", default=None, help="context vector, e.g. 1,0,0,0.5,0")
+    group.add_argument("--prompt", action="append", default=None,
+                       help="text prompt (repeat for one row each); mix prompts with "
+                            "'a red circle :0.7 | a blue square :0.3'")
+    sa.add_argument("--prompts-file", default=None, help="one prompt per line (text models)")
+    sa.add_argument("--upsample", default=None, metavar="SR_RUN",
+                    help="a super-resolution run that draws the samples again, larger")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     sa.add_argument("--no-noise", action="store_true",

@@ -1,9 +1,9 @@
 """Recipes: typed, validated configuration for every part of a run.
 
 A recipe is a TOML file with one table per section (`[data]`, `[model]`, `[diffusion]`,
-`[train]`, `[sample]`). Every key is a dataclass field below; its metadata carries the allowed
-choices or range, so validation is one generic pass and every error is one line that names the
-key, the bad value and what would be accepted. This module never imports torch.
+`[train]`, `[sample]`, `[text]`). Every key is a dataclass field below; its metadata carries the
+allowed choices or range, so validation is one generic pass and every error is one line that
+names the key, the bad value and what would be accepted. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -46,12 +46,20 @@ class DataConfig:
     split: str = choice("train", "train", "test")
     size: int = bounded(32, 8, 512, doc="images are resized to size x size")
     labels: str = choice(
-        "class", "class", "context", "none",
-        doc="what the model is conditioned on: class ids, context vectors, or nothing",
+        "class", "class", "context", "text", "clip-image", "none",
+        doc="what the model is conditioned on: class ids, context vectors, captions (text), "
+            "CLIP image embeddings of the training images (sampled from prompts), or nothing",
     )
     limit: int = bounded(0, 0, None, doc="use only the first N images (0 = all)")
     count: int = bounded(20000, 1, 10_000_000, doc="images to generate (shapes)")
     max_objects: int = bounded(1, 1, 2, doc="objects per image (shapes)")
+    caption_dropout: float = bounded(
+        0.0, 0.0, 1.0, doc="shapes: leave size, colour and position out of a training caption, "
+                           "each with this probability, so short prompts work too")
+    low_res: int = bounded(0, 0, 512, doc="super-resolution: condition on the image shrunk to "
+                                          "this size (0 = off)")
+    holdout: float = bounded(0.0, 0.0, 0.9, doc="shapes: share of (kind, colour, position) "
+                                                "combinations never drawn, kept for testing")
     hflip: bool = False
     crop_padding: int = bounded(0, 0, 64, doc="random crop after zero padding by this many px")
 
@@ -64,6 +72,12 @@ class ModelConfig:
     )
     in_channels: int = bounded(0, 0, 64, doc="0 = from the data")
     cond_dim: int = bounded(0, 0, 100_000, doc="classes or context width; 0 = from the data")
+    token_dim: int = bounded(0, 0, 100_000, doc="text token width to cross-attend to; "
+                                                "0 = none (set from text.conditioning)")
+    low_res_channels: int = bounded(0, 0, 64, doc="channels of the low-res input of a "
+                                                  "super-resolution model (from data.low_res)")
+    null_condition: str = choice("learned", "learned", "empty-prompt",
+                                 doc="what a dropped condition becomes (text: the empty prompt)")
     base_channels: int = bounded(64, 4, 4096)
     channel_mult: list[int] = listed([1, 2, 2])
     blocks_per_level: int = bounded(1, 1, 8)
@@ -89,6 +103,8 @@ class DiffusionConfig:
     loss_weighting: str = choice("none", "none", "min-snr")
     min_snr_gamma: float = bounded(5.0, 0.0, None)
     cond_drop_prob: float = bounded(0.1, 0.0, 1.0, doc="Bernoulli mask on the condition")
+    low_res_noise: float = bounded(0.2, 0.0, 1.0, doc="noise-conditioning augmentation: the "
+                                   "low-res input is noised up to this fraction of T")
 
 
 @dataclass
@@ -120,6 +136,21 @@ class SampleConfig:
     guidance: float = bounded(2.0, 0.0, 100.0, doc="CFG weight w: eps_u + w (eps_c - eps_u)")
     guidance_rescale: float = bounded(0.0, 0.0, 1.0)
     per_class: int = bounded(8, 1, 64, doc="grid columns per class in training grids")
+    low_res_noise: float = bounded(0.05, 0.0, 1.0, doc="noise level of the low-res input when "
+                                   "upsampling, as a fraction of T")
+    prompts: list[str] = listed([], doc="rows of a text model's sample grids "
+                                        "(default: 8 training captions)")
+
+
+@dataclass
+class TextConfig:
+    encoder: str = field(default="", metadata={
+        "doc": "CLIP run dir, or open_clip:MODEL:WEIGHTS; empty = train one into RUN/clip"})
+    conditioning: str = choice(
+        "pooled", "pooled", "cross-attention", "both",
+        doc="pooled embedding into every block (the course), token features through "
+            "cross-attention (latent diffusion), or both")
+    clip_steps: int = bounded(1500, 1, None, doc="steps of the CLIP trained when encoder is empty")
 
 
 @dataclass
@@ -129,6 +160,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,7 +171,7 @@ class Config:
 
 _SECTION_TYPES = {
     "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig,
-    "train": TrainConfig, "sample": SampleConfig,
+    "train": TrainConfig, "sample": SampleConfig, "text": TextConfig,
 }
 
 
@@ -225,8 +257,19 @@ def _check_consistency(config: Config) -> None:
                 f"model.base_channels * channel_mult = {m.base_channels * mult} is not divisible "
                 f"by model.groups = {m.groups}"
             )
-    if d.name != "shapes" and d.max_objects != 1:
-        raise ConfigError("data.max_objects applies only to data.name = 'shapes'")
+    if d.name != "shapes" and (d.max_objects != 1 or d.caption_dropout or d.holdout):
+        raise ConfigError("data.max_objects, caption_dropout and holdout apply only to "
+                          "data.name = 'shapes'")
+    cross = m.token_dim or (d.labels == "text" and config.text.conditioning != "pooled")
+    if cross and not m.attention_resolutions:
+        raise ConfigError("cross-attention lives in the attention levels: set "
+                          "model.attention_resolutions, e.g. [8, 4]")
+    if d.low_res and (d.low_res >= d.size or d.size % d.low_res):
+        raise ConfigError(f"data.low_res = {d.low_res} must divide data.size = {d.size} and be "
+                          "smaller, e.g. 16 for 64")
+    if d.labels == "clip-image" and config.text.conditioning != "pooled":
+        raise ConfigError("data.labels = 'clip-image' conditions on one embedding per image: "
+                          "use text.conditioning = 'pooled'")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -285,6 +328,6 @@ def replace(config: Config, **sections: dict[str, Any]) -> Config:
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "DiffusionConfig", "ModelConfig", "SampleConfig",
-    "TrainConfig", "build_section", "from_dict", "load_recipe", "parse_override", "replace",
-    "resolve_recipe",
+    "TextConfig", "TrainConfig", "build_section", "from_dict", "load_recipe", "parse_override",
+    "replace", "resolve_recipe",
 ]

@@ -32,7 +32,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from inkfuse.diffusion import SAMPLERS
-from inkfuse.diffusion.conditioning import Condition
 from inkfuse.diffusion.samplers import SPACING
 from inkfuse.diffusion.samplers.ddpm import ddpm_step
 from inkfuse.diffusion.schedule import timestep_grid
@@ -43,14 +42,15 @@ from inkfuse.pipelines import Run, make_condition
 @torch.no_grad()
 def inpaint(
     run: Run, image: Tensor, mask: Tensor, *, steps: int = 50, guidance: float | None = None,
-    labels: Tensor | None = None, context: Tensor | None = None, seed: int = 0,
-    resample: int = 1, progress: bool = True,
+    labels: Tensor | None = None, context: Tensor | None = None,
+    prompts: list[str] | None = None, seed: int = 0, resample: int = 1, progress: bool = True,
 ) -> Tensor:
     """Fill the region where `mask` is 1 (> 0.5) and keep the rest of `image` exactly.
 
     image: [N, C, H, W] in [-1, 1] at the run's size and channels; mask: [N or 1, 1, H, W]
     (or [H, W]), 1 = fill, 0 = keep. `guidance` (CFG weight, default the recipe's) applies when
-    labels or context are given; without them a conditional model runs unconditionally.
+    labels, context or prompts are given; without them a conditional model runs
+    unconditionally.
     Returns [N, C, H, W] in [-1, 1] on the CPU; same seed, same result. An empty mask returns
     the input.
     """
@@ -61,7 +61,7 @@ def inpaint(
     if keep.all():
         return x0.cpu()
     n, device, schedule = len(x0), run.device, run.schedule
-    denoiser, cond = _denoiser(run, n, guidance, labels, context)
+    denoiser, cond = _denoiser(run, n, guidance, labels, context, prompts)
     ts = timestep_grid(schedule, steps, "trailing").to(device)
     gen = torch.Generator(device).manual_seed(seed)
     noise = lambda: torch.randn(x0.shape, generator=gen, device=device)  # noqa: E731
@@ -92,7 +92,7 @@ def inpaint(
 def img2img(
     run: Run, image: Tensor, *, strength: float = 0.6, steps: int = 50, sampler: str = "ddim",
     guidance: float | None = None, labels: Tensor | None = None, context: Tensor | None = None,
-    seed: int = 0, progress: bool = True,
+    prompts: list[str] | None = None, seed: int = 0, progress: bool = True,
 ) -> Tensor:
     """SDEdit: noise `image` ([N, C, H, W] in [-1, 1]) to about strength · (T − 1), denoise back.
 
@@ -110,7 +110,7 @@ def img2img(
     ts = grid[grid <= strength * (schedule.T - 1) + 1e-6]
     if len(ts) == 0:  # too little noise to reach even the grid's last step: nothing to change
         return x0.cpu()
-    denoiser, cond = _denoiser(run, n, guidance, labels, context)
+    denoiser, cond = _denoiser(run, n, guidance, labels, context, prompts)
     gen = torch.Generator(device).manual_seed(seed)
     x = schedule.q_sample(x0, ts[0].expand(n), torch.randn(x0.shape, generator=gen,
                                                              device=device))
@@ -165,17 +165,17 @@ def _check_mask(mask: Tensor, x0: Tensor) -> Tensor:
 
 
 def _denoiser(run: Run, n: int, guidance: float | None, labels: Tensor | None,
-              context: Tensor | None) -> tuple:
-    """The (guided) denoiser and condition: unconditional unless labels or context are given."""
+              context: Tensor | None, prompts: list[str] | None) -> tuple:
+    """The (guided) denoiser and condition: unconditional unless labels, context or prompts are
+    given (a conditional model called without a condition uses its null condition)."""
     if guidance is None:
         guidance = run.config.sample.guidance
     if guidance < 0:
         raise ConfigError(f"--guidance must be >= 0, got {guidance}")
-    if run.conditional and labels is None and context is None:
-        null = Condition.from_labels(torch.zeros(n, dtype=torch.int64), run.config.model.cond_dim)
-        return run.denoiser(1.0), null.null_like().to(run.device)
-    cond = make_condition(run, n, labels, context)
-    return run.denoiser(guidance), None if cond is None else cond.to(run.device)
+    if labels is None and context is None and prompts is None:
+        return run.denoiser(1.0), None
+    cond, weights = make_condition(run, n, labels, context, prompts)
+    return run.denoiser(guidance, weights=weights), None if cond is None else cond.to(run.device)
 
 
 __all__ = ["img2img", "inpaint"]

@@ -53,7 +53,8 @@ def _common(args: argparse.Namespace):
     run = load_run(args.run_dir)
     image, size = _read(args.image, run)
     options = dict(guidance=args.guidance, seed=args.seed, progress=True,
-                   labels=None if args.class_id is None else torch.tensor([args.class_id]))
+                   labels=None if args.class_id is None else torch.tensor([args.class_id]),
+                   prompts=None if args.prompt is None else [args.prompt])
     if args.steps is not None:
         options["steps"] = args.steps
     return run, image, size, out, options
@@ -91,9 +92,11 @@ def _shared_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output .png at the model's resolution")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 50)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="CFG weight with --class (default: the recipe's)")
+                   help="CFG weight with --class or --prompt (default: the recipe's)")
     p.add_argument("--class", dest="class_id", type=int, default=None,
                    help="class to steer towards (default: unconditional)")
+    p.add_argument("--prompt", default=None,
+                   help="text to steer towards (text-conditioned models)")
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from inkfuse.data import shapes
@@ -79,3 +80,24 @@ def test_dominant_colour_is_the_palette_colour():
         pixels = pixels[pixels.amax(1) > 0]
         values, counts = pixels.unique(dim=0, return_counts=True)
         assert tuple(values[counts.argmax()].tolist()) == COLOURS[spec.colour]
+
+
+def test_caption_variants_leave_out_attributes_and_keep_relations():
+    one = [shapes.ShapeSpec("circle", "red", "small", 0.2, 0.2)]
+    two = [*one, shapes.ShapeSpec("square", "blue", "large", 0.2, 0.8)]
+    assert shapes.caption_variants(one)[0] == "a small red circle in the top left"
+    assert shapes.caption_variants(one)[-1] == "a circle"
+    assert shapes.caption(two, (False, True, False)) == "a red circle above a blue square"
+    assert all("above" in c for c in shapes.caption_variants(two))
+    probs = shapes.variant_probs(0.25)
+    assert probs.sum().item() == pytest.approx(1.0) and probs[0].item() == pytest.approx(0.75**3)
+    ds = shapes.load(50, 16, seed=0, caption_dropout=0.25)
+    assert ds.caption_variants.texts[3][0] == ds.captions[3]
+
+
+def test_held_out_combinations_never_appear():
+    gone = shapes.held_out(0.1)
+    assert len(gone) == round(0.1 * len(SHAPES) * len(COLOURS) * len(POSITIONS))
+    assert gone == shapes.held_out(0.1) and shapes.held_out(0.0) == frozenset()
+    scenes = shapes.random_scenes(3000, seed=5, max_objects=2, exclude=gone)
+    assert not any((s.kind, s.colour, s.position) in gone for scene in scenes for s in scene)

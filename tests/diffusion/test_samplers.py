@@ -311,6 +311,21 @@ def test_cfg_weights_select_the_branches():
         assert guided.isfinite().all() and not torch.allclose(guided, fn(base, x_T, ts, cond))
 
 
+def test_a_mix_of_conditions_composes_their_guidance():
+    """Composable diffusion: ε_u + w Σ a_i (ε_i − ε_u), the k conditions stacked as k blocks."""
+    s = Schedule("cosine", 100)
+    base = Denoiser(CondNet(), s, "eps", clip=None)
+    a = Condition.from_vectors(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    b = Condition.from_vectors(torch.tensor([[0.0, 3.0], [1.0, 1.0]]))
+    x, t = torch.randn(2, 2), torch.tensor([30, 60])
+    ea, eb, eu = (base(x, t, c).eps for c in (a, b, a.null_like()))
+    mixed = cfg(base, 2.5, weights=(0.7, 0.3))(x, t, Condition.cat([a, b]))
+    want = eu + 2.5 * (0.7 * (ea - eu) + 0.3 * (eb - eu))
+    assert torch.allclose(mixed.eps, want, atol=1e-6)
+    same = cfg(base, 2.5, weights=(0.5, 0.5))(x, t, Condition.cat([a, a]))
+    assert torch.allclose(same.eps, cfg(base, 2.5)(x, t, a).eps, atol=1e-6)
+
+
 @pytest.mark.parametrize(("name", "options"), [
     ("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler", {"churn": 5.0}), ("heun", {"churn": 5.0}),
     ("euler", {}), ("dpmpp-2m", {}), ("unipc", {}),

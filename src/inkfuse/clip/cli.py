@@ -4,6 +4,7 @@
     inkfuse clip score runs/clip                      # zero-shot accuracy, recall@1/5 -> JSON
     inkfuse clip similarity runs/clip --image a.png --image b.png \\
         --text "a red circle" --text "a blue square" --out heat.png
+    inkfuse clip similarity open_clip:ViT-B-32:openai --image a.png --text "a cat" --out heat.png
 
 The main CLI registers it with `add_clip_parser(subparsers)` and prints any InkfuseError.
 """
@@ -15,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from inkfuse.clip.tokenizer import check_prompt
 from inkfuse.errors import ConfigError
 
 
@@ -41,7 +43,8 @@ def add_clip_parser(subparsers: Any) -> argparse.ArgumentParser:
     sc.set_defaults(fn=cmd_score)
 
     si = sub.add_parser("similarity", help="heat-map of image x text cosine similarities")
-    si.add_argument("run_dir")
+    si.add_argument("run_dir", help="a CLIP run dir, or a pretrained open_clip:MODEL:WEIGHTS "
+                                     "(WEIGHTS: a file or a cached tag, e.g. openai)")
     si.add_argument("--image", action="append", required=True, help="an image file (repeat)")
     si.add_argument("--text", action="append", required=True, help="a prompt (repeat)")
     si.add_argument("--out", required=True, help=".png to write")
@@ -84,6 +87,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    from inkfuse.clip.pretrained import is_open_clip_spec
     from inkfuse.clip.train import (
         Pairs,
         clip_config,
@@ -94,6 +98,10 @@ def cmd_score(args: argparse.Namespace) -> None:
     )
     from inkfuse.train.checkpoint import write_json
 
+    if is_open_clip_spec(args.run_dir):
+        raise ConfigError(f"clip score evaluates an inkfuse CLIP run on the data it was trained "
+                          f"on, which {args.run_dir} has none of; compare it with images and "
+                          "prompts of yours: inkfuse clip similarity")
     model, tok, meta = load_clip(args.run_dir)
     cfg = clip_config(meta["train"])
     if cfg.data == "shapes":
@@ -108,17 +116,6 @@ def cmd_score(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, metrics)
     print(f"wrote {out}")
-
-
-def check_prompt(tok: Any, text: str) -> None:
-    """Refuse a prompt with words the model never read: BPE would encode them, but their
-    embedding means nothing, and a silently wrong similarity is worse than an error."""
-    unknown = tok.unknown_words(text)
-    if unknown:
-        words = sorted(tok.words)
-        known = ", ".join(words[:30]) + (", ..." if len(words) > 30 else "")
-        raise ConfigError(f"the prompt {text!r} has words the model never saw in training: "
-                          f"{', '.join(unknown)}; use words from its captions ({known})")
 
 
 def cmd_similarity(args: argparse.Namespace) -> None:

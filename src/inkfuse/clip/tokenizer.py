@@ -142,13 +142,15 @@ class BPETokenizer:
                 seen.setdefault(word)
         return list(seen)
 
-    def batch(self, texts: list[str], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, texts: list[str], context_length: int, *, allow_empty: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """`<sot> tokens <eot> <pad>...` per text: (ids int64 [B, L], mask bool [B, L]), where
-        mask marks the real tokens (pads are False) and L = context_length."""
+        mask marks the real tokens (pads are False) and L = context_length. The empty prompt is
+        refused unless `allow_empty` (it is the null condition of classifier-free guidance)."""
         ids = torch.full((len(texts), context_length), self.pad, dtype=torch.int64)
         mask = torch.zeros((len(texts), context_length), dtype=torch.bool)
         for row, text in enumerate(texts):
-            if not normalize(text):
+            if not normalize(text) and not allow_empty:
                 raise ConfigError("the prompt is empty: describe the image, e.g. 'a red circle'")
             tokens = [self.sot, *self.encode(text), self.eot]
             if len(tokens) > context_length:
@@ -187,3 +189,14 @@ class BPETokenizer:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path} is damaged ({e}); train it again") from None
         return cls.from_dict(data, str(path))
+
+
+def check_prompt(tok: BPETokenizer, text: str) -> None:
+    """Refuse a prompt with words the model never read: BPE would encode them, but their
+    embedding means nothing, and a silently wrong similarity is worse than an error."""
+    unknown = tok.unknown_words(text)
+    if unknown:
+        words = sorted(tok.words)
+        known = ", ".join(words[:30]) + (", ..." if len(words) > 30 else "")
+        raise ConfigError(f"the prompt {text!r} has words the model never saw in training: "
+                          f"{', '.join(unknown)}; use words from its captions ({known})")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,27 +100,6 @@ def shapes_pairs(count: int, size: int, seed: int, max_objects: int) -> Pairs:
     return Pairs(images, [caption(s) for s in scenes], scenes)
 
 
-def shorter_caption(scene: list, keep: tuple[bool, bool, bool]) -> str:
-    """The caption of a shapes scene with some of (size, colour, position) left out.
-
-    A model trained only on full captions embeds "a red circle" poorly: it never saw a prompt
-    end that early. Two-object captions keep their relation and drop only sizes and colours.
-    """
-    from inkfuse.data.shapes import relation
-
-    def describe(spec: Any) -> str:
-        words = [spec.size if keep[0] else "", spec.colour if keep[1] else "", spec.kind]
-        return " ".join(["a", *filter(None, words)])
-
-    first = scene[0]
-    if len(scene) == 1:
-        return describe(first) + (f" in the {first.position}" if keep[2] else "")
-    return f"{describe(first)} {relation(first, scene[1])} {describe(scene[1])}"
-
-
-_KEEPS = [(a, b, c) for a in (True, False) for b in (True, False) for c in (True, False)]
-
-
 def folder_pairs(path: str | Path, size: int) -> Pairs:
     """Read `captions.csv` or `captions.jsonl` in `path`; every listed image, resized."""
     from inkfuse.data.folder import load_image
@@ -190,9 +168,10 @@ def train_clip(config: ClipConfig | dict[str, Any], out_dir: str | Path, *,
     variants = [[c] for c in train.captions]
     keep_prob = torch.ones(1)
     if train.scenes is not None and cfg.caption_dropout > 0:
-        variants = [[shorter_caption(s, k) for k in _KEEPS] for s in train.scenes]
-        p = 1 - cfg.caption_dropout
-        keep_prob = torch.tensor([math.prod(p if x else 1 - p for x in k) for k in _KEEPS])
+        from inkfuse.data.shapes import caption_variants, variant_probs
+
+        variants = [caption_variants(s) for s in train.scenes]
+        keep_prob = variant_probs(cfg.caption_dropout)
     tok = BPETokenizer.train([c for vs in variants for c in vs], cfg.vocab_size)
     flat_ids, flat_mask = tok.batch([c for vs in variants for c in vs], cfg.context_length)
     ids = flat_ids.view(len(variants), len(variants[0]), -1)
@@ -274,11 +253,17 @@ def save_clip(out_dir: Path, model: CLIP, tok: BPETokenizer, cfg: ClipConfig,
 
 def load_clip(run_dir: str | Path, device: str | torch.device = "cpu"
               ) -> tuple[CLIP, BPETokenizer, dict[str, Any]]:
-    """(model in eval mode, tokenizer, the whole clip.json) of a run dir from `train_clip`.
+    """(model in eval mode, tokenizer, the whole clip.json) of a run dir from `train_clip`, or of
+    a pretrained model named `open_clip:MODEL:WEIGHTS` (see `inkfuse.clip.pretrained`; its model
+    and tokenizer have the same methods).
 
     Every tensor is checked against the architecture in clip.json, so weights of another model
     give a CheckpointError naming the first mismatch rather than a shape error deep in torch.
     """
+    from inkfuse.clip.pretrained import is_open_clip_spec, load_open_clip_spec
+
+    if is_open_clip_spec(run_dir):
+        return load_open_clip_spec(str(run_dir), device)
     run = Path(run_dir)
     meta = read_json(run / META)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -35,7 +35,8 @@ _DATASETS = {
     "shapes": _Entry(
         "coloured circles, squares, triangles and crosses with captions, generated from the seed",
         lambda cfg, root, seed: shapes.load(
-            min(cfg.count, cfg.limit or cfg.count), cfg.size, seed, cfg.max_objects
+            min(cfg.count, cfg.limit or cfg.count), cfg.size, seed, cfg.max_objects,
+            cfg.caption_dropout, cfg.holdout,
         ),
     ),
     "mnist": _Entry(

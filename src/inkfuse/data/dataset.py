@@ -13,6 +13,14 @@ import torch
 
 
 @dataclass
+class CaptionVariants:
+    """Several captions per image (texts[i][v]) and how likely training draws each variant v."""
+
+    texts: list[list[str]]
+    probs: torch.Tensor
+
+
+@dataclass
 class ImageDataset:
     """Images plus whatever each image is labelled with.
 
@@ -22,6 +30,7 @@ class ImageDataset:
     captions: one English caption per image, or None.
     class_names: names of the class ids (index = id).
     context_names: names of the context vector's entries.
+    caption_variants: shorter captions to draw from in training instead of `captions`, or None.
     """
 
     images: torch.Tensor
@@ -31,6 +40,7 @@ class ImageDataset:
     class_names: list[str] = field(default_factory=list)
     context_names: list[str] = field(default_factory=list)
     name: str = ""
+    caption_variants: CaptionVariants | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -51,5 +61,5 @@ class ImageDataset:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return ImageDataset(
             move(self.images), move(self.labels), move(self.context), self.captions,
-            self.class_names, self.context_names, self.name,
+            self.class_names, self.context_names, self.name, self.caption_variants,
         )

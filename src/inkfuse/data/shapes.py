@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from inkfuse.data.dataset import ImageDataset
+from inkfuse.data.dataset import CaptionVariants, ImageDataset
 
 SHAPES = ("circle", "square", "triangle", "cross")  # class id = index
 COLOURS = {  # RGB, saturated so the nearest palette entry is never in doubt
@@ -67,18 +67,35 @@ class ShapeSpec:
         return POSITIONS[3 * min(int(self.y * 3), 2) + min(int(self.x * 3), 2)]
 
 
-def random_scenes(count: int, seed: int = 0, max_objects: int = 1) -> list[list[ShapeSpec]]:
+def held_out(fraction: float) -> frozenset[tuple[str, str, str]]:
+    """A fixed `fraction` of all (kind, colour, position) combinations, the same for every seed
+    and size: training data without them lets a benchmark ask for combinations no caption had."""
+    combos = [(k, c, p) for k in SHAPES for c in COLOURS for p in POSITIONS]
+    order = np.random.default_rng(20_221_123).permutation(len(combos))
+    return frozenset(combos[i] for i in order[:round(fraction * len(combos))])
+
+
+def random_scenes(count: int, seed: int = 0, max_objects: int = 1,
+                  exclude: frozenset[tuple[str, str, str]] = frozenset()
+                  ) -> list[list[ShapeSpec]]:
     """`count` scenes, each of 1 to `max_objects` (1 or 2, equally likely) objects that never
-    touch."""
+    touch, and none of whose objects is an `exclude`d (kind, colour, position)."""
     rng = np.random.default_rng(seed)
+
+    def spec() -> ShapeSpec:
+        s = _random_spec(rng)
+        while (s.kind, s.colour, s.position) in exclude:
+            s = _random_spec(rng)
+        return s
+
     scenes = []
     for _ in range(count):
-        scene = [_random_spec(rng)]
+        scene = [spec()]
         if max_objects > 1 and rng.random() < 0.5:
             # redraw both until they fit: about 2 tries, and no pair is impossible to complete
-            scene.append(_random_spec(rng))
+            scene.append(spec())
             while _overlap(*scene):
-                scene = [_random_spec(rng), _random_spec(rng)]
+                scene = [spec(), spec()]
         scenes.append(scene)
     return scenes
 
@@ -111,16 +128,39 @@ def relation(a: ShapeSpec, b: ShapeSpec) -> str:
     return "above" if dy > 0 else "below"
 
 
-def _describe(spec: ShapeSpec) -> str:
-    return f"a {spec.size} {spec.colour} {spec.kind}"
+KEEPS = tuple((size, colour, position) for size in (True, False) for colour in (True, False)
+              for position in (True, False))  # which attributes a caption variant mentions
 
 
-def caption(scene: list[ShapeSpec]) -> str:
-    """"a large red circle in the top left" or "a small red circle above a large blue square"."""
+def _describe(spec: ShapeSpec, size: bool, colour: bool) -> str:
+    words = [spec.size if size else "", spec.colour if colour else "", spec.kind]
+    return " ".join(["a", *filter(None, words)])
+
+
+def caption(scene: list[ShapeSpec], keep: tuple[bool, bool, bool] = (True, True, True)) -> str:
+    """"a large red circle in the top left" or "a small red circle above a large blue square".
+
+    `keep` = (size, colour, position): which attributes to mention. Two objects always keep
+    their relation, the only thing that tells them apart."""
     first = scene[0]
     if len(scene) == 1:
-        return f"{_describe(first)} in the {first.position}"
-    return f"{_describe(first)} {relation(first, scene[1])} {_describe(scene[1])}"
+        where = f" in the {first.position}" if keep[2] else ""
+        return _describe(first, *keep[:2]) + where
+    return (f"{_describe(first, *keep[:2])} {relation(first, scene[1])} "
+            f"{_describe(scene[1], *keep[:2])}")
+
+
+def caption_variants(scene: list[ShapeSpec]) -> list[str]:
+    """The scene's caption with every subset of (size, colour, position) left out, in KEEPS
+    order. A text model trained only on full captions embeds "a red circle" poorly: it never
+    saw a prompt end that early."""
+    return [caption(scene, keep) for keep in KEEPS]
+
+
+def variant_probs(dropout: float) -> torch.Tensor:
+    """P(each KEEPS entry) when every attribute is left out independently with `dropout`."""
+    p = 1 - dropout
+    return torch.tensor([float(np.prod([p if k else dropout for k in keep])) for keep in KEEPS])
 
 
 def _draw(scene: list[ShapeSpec], size: int) -> np.ndarray:
@@ -152,25 +192,32 @@ def render(scene: list[ShapeSpec], size: int) -> torch.Tensor:
 
 
 def generate_shapes(
-    count: int, size: int, seed: int = 0, max_objects: int = 1
+    count: int, size: int, seed: int = 0, max_objects: int = 1, holdout: float = 0.0
 ) -> tuple[torch.Tensor, list[list[ShapeSpec]]]:
-    """`count` random scenes rendered at `size`: (uint8 [N, 3, size, size], scenes)."""
-    scenes = random_scenes(count, seed, max_objects)
+    """`count` random scenes rendered at `size`: (uint8 [N, 3, size, size], scenes), without
+    the `held_out(holdout)` combinations."""
+    scenes = random_scenes(count, seed, max_objects, held_out(holdout) if holdout else frozenset())
     images = np.empty((count, 3, size, size), np.uint8)
     for i, scene in enumerate(scenes):
         images[i] = _draw(scene, size)
     return torch.from_numpy(images), scenes
 
 
-def load(count: int, size: int, seed: int = 0, max_objects: int = 1) -> ImageDataset:
+def load(count: int, size: int, seed: int = 0, max_objects: int = 1,
+         caption_dropout: float = 0.0, holdout: float = 0.0) -> ImageDataset:
     """The shapes dataset: class = kind of the first object; context = multi-hot kinds and colours
-    of all objects (2 ones for one object, up to 4 for two); one caption per image."""
-    images, scenes = generate_shapes(count, size, seed, max_objects)
+    of all objects (2 ones for one object, up to 4 for two); one caption per image, and with
+    `caption_dropout` its shorter variants to draw from in training."""
+    images, scenes = generate_shapes(count, size, seed, max_objects, holdout)
     context = np.zeros((count, len(CONTEXT_NAMES)), np.float32)
     for i, scene in enumerate(scenes):
         for spec in scene:
             context[i, CONTEXT_NAMES.index(spec.kind)] = 1
             context[i, CONTEXT_NAMES.index(spec.colour)] = 1
+    variants = None
+    if caption_dropout > 0:
+        variants = CaptionVariants([caption_variants(s) for s in scenes],
+                                   variant_probs(caption_dropout))
     return ImageDataset(
         images,
         labels=torch.tensor([SHAPES.index(scene[0].kind) for scene in scenes], dtype=torch.int64),
@@ -179,4 +226,5 @@ def load(count: int, size: int, seed: int = 0, max_objects: int = 1) -> ImageDat
         class_names=list(SHAPES),
         context_names=list(CONTEXT_NAMES),
         name="shapes",
+        caption_variants=variants,
     )

@@ -103,6 +103,30 @@ class Attention(nn.Module):
         return x + self.proj(rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w))
 
 
+class CrossAttention(nn.Module):
+    """Pixels attend to text tokens (Rombach et al. 2022): queries from the feature map, keys and
+    values from the per-token text features. Padding tokens are masked out, so a prompt means
+    the same whatever the padded length of its batch."""
+
+    def __init__(self, channels: int, token_dim: int, head_dim: int, *, norm: str, groups: int):
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.norm = make_norm(norm, channels, groups)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(token_dim, 2 * channels)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        q = rearrange(self.q(self.norm(x)), "b (n d) h w -> b n (h w) d", n=self.heads)
+        k, v = rearrange(self.kv(tokens), "b l (two n d) -> two b n l d", two=2,
+                         n=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return x + self.proj(rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w))
+
+
 class RearrangePool(nn.Module):
     """Space-to-depth: each 2×2 patch becomes 4 channels, then a 3×3 conv mixes them.
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from inkfuse import config as config_mod
+from inkfuse.clip.conditioner import TextConditioner, copy_clip, is_pretrained, load_conditioner
 from inkfuse.config import Config
 from inkfuse.data import ImageDataset, build_dataset
 from inkfuse.data.transforms import augment
 from inkfuse.diffusion import Condition, Schedule, diffusion_loss
+from inkfuse.diffusion.upsampling import shrink, training_levels, with_low_res
 from inkfuse.errors import CheckpointError, InkfuseError, TrainingError
 from inkfuse.nn import build_model
 from inkfuse.train import checkpoint
@@ -102,30 +105,101 @@ def lr_at(step: int, cfg: config_mod.TrainConfig) -> float:
     return cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, floor=0.1)
 
 
-def resolve(config: Config, data: ImageDataset) -> Config:
-    """Fill in what the data decides: input channels and the condition width."""
-    cond_dim = 0
-    if config.data.labels == "class" and data.labels is not None:
+def resolve(config: Config, data: ImageDataset, text: TextConditioner | None = None) -> Config:
+    """Fill in what the data (and the text encoder) decides: input channels, condition widths."""
+    cond_dim, token_dim, null = 0, 0, "learned"
+    if text is not None:
+        cond_dim, token_dim, null = text.pooled_dim, text.token_dim, "empty-prompt"
+    elif config.data.labels == "class" and data.labels is not None:
         cond_dim = len(data.class_names)
     elif config.data.labels == "context" and data.context is not None:
         cond_dim = data.context.shape[1]
     return config_mod.replace(config, model={
         "in_channels": config.model.in_channels or data.channels,
         "cond_dim": config.model.cond_dim or cond_dim,
+        "token_dim": config.model.token_dim or token_dim,
+        "low_res_channels": config.model.low_res_channels or (
+            data.channels if config.data.low_res else 0),
+        "null_condition": null,
     })
 
 
-def condition_of(data: ImageDataset, idx: Tensor, cond_dim: int) -> Condition | None:
-    if not cond_dim:
-        return None
+Conditions = Callable[[Tensor, torch.Generator], Condition | None]
+
+
+def condition_source(config: Config, data: ImageDataset, text: TextConditioner | None,
+                     device: torch.device) -> Conditions:
+    """`draw(idx, gen)`: the condition of images `idx` (before the CFG drop).
+
+    Captions are tokenized once; each step encodes its batch with the frozen text model,
+    drawing one of each image's caption variants when the data has them. CLIP image
+    embeddings (the course's trick) are computed once for the whole dataset."""
+    labels = config.data.labels
+    if labels == "text":
+        variants = data.caption_variants
+        texts = variants.texts if variants else [[c] for c in data.captions]
+        probs = (variants.probs if variants else torch.ones(1)).to(device)
+        flat = [c for options in texts for c in options]
+        ids, mask = (t.view(len(texts), len(texts[0]), -1).to(device)
+                     for t in text.tokenize(flat))
+
+        def draw_text(idx: Tensor, gen: torch.Generator) -> Condition:
+            v = torch.multinomial(probs, len(idx), replacement=True, generator=gen)
+            return text.encode_ids(ids[idx, v], mask[idx, v])
+
+        return draw_text
+    if labels == "clip-image":
+        embeddings = text.encode_images(data.images).to(device)
+        return lambda idx, gen: Condition.from_vectors(embeddings[idx])
+    if not config.model.cond_dim:
+        return lambda idx, gen: None
     if data.context is not None:
-        return Condition.from_vectors(data.context[idx])
-    return Condition.from_labels(data.labels[idx], cond_dim)
+        return lambda idx, gen: Condition.from_vectors(data.context[idx])
+    return lambda idx, gen: Condition.from_labels(data.labels[idx], config.model.cond_dim)
 
 
-def dataset_meta(data: ImageDataset) -> dict:
+def prepare_text(config: Config, run_dir: Path, data: ImageDataset, device: torch.device,
+                 d: Dist, progress: bool) -> TextConditioner | None:
+    """The frozen CLIP of a text (or CLIP-image) conditioned run, kept in RUN/clip.
+
+    `text.encoder` names a CLIP run dir (copied into RUN/clip so the run stays whole) or an
+    open_clip model (used in place); empty trains one on the run's own captions first."""
+    if config.data.labels not in ("text", "clip-image"):
+        return None
+    if data.captions is None:
+        raise TrainingError(f"data.labels = {config.data.labels!r} needs captions: use the "
+                            "shapes dataset or a folder with captions.csv")
+    spec = config.text.encoder
+    if not is_pretrained(spec) and d.main and not (run_dir / "clip" / "clip.json").is_file():
+        if spec:
+            copy_clip(spec, run_dir / "clip")
+        else:
+            _train_clip(config, run_dir / "clip", progress)
+    if d.world > 1:
+        dist.barrier()
+    return load_conditioner(spec if is_pretrained(spec) else run_dir / "clip",
+                            config.text.conditioning, device)
+
+
+def _train_clip(config: Config, out: Path, progress: bool) -> None:
+    from inkfuse.clip.train import train_clip
+
+    dc = config.data
+    if dc.name != "shapes":
+        raise TrainingError("only shapes captions can train a CLIP on the fly; train one with "
+                            "`inkfuse clip train --folder DIR` and set text.encoder")
+    train_clip({"size": dc.size, "count": dc.count, "max_objects": dc.max_objects,
+                "steps": config.text.clip_steps, "seed": config.train.seed,
+                "device": str(pick_device(config.train.device))}, out, progress=progress)
+
+
+def dataset_meta(data: ImageDataset, config: Config) -> dict:
+    prompts = config.sample.prompts
+    if not prompts and config.data.labels in ("text", "clip-image"):
+        prompts = list(dict.fromkeys(data.captions))[:8]  # distinct, in data order
     return {"name": data.name, "size": data.size, "channels": data.channels,
-            "class_names": data.class_names, "context_names": data.context_names}
+            "class_names": data.class_names, "context_names": data.context_names,
+            "prompts": prompts}
 
 
 def train(config: Config, out: str | Path, *, progress: bool = True,
@@ -142,16 +216,20 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
     if len(data) < tc.batch_size * d.world:
         raise TrainingError(f"the dataset has {len(data)} images, fewer than one batch of "
                             f"{tc.batch_size * d.world}; lower train.batch_size")
-    config = resolve(config, data)
+    text = prepare_text(config, run_dir, data, device, d, progress)
+    config = resolve(config, data, text)
     saved = run_dir / "config.json"
     if saved.is_file():
         _check_same_model(config, checkpoint.read_json(saved), run_dir)
     data = data.to(device)
+    conditions = condition_source(config, data, text, device)
 
     schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps,
                         config.diffusion.beta_start, config.diffusion.beta_end)
     torch.manual_seed(seed_for(tc.seed, 0))
     net = build_model(config.model, config.data.size, config.diffusion.timesteps).to(device)
+    if text is not None:
+        net.set_null_text(*text.null())
     memory = torch.channels_last if tc.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory)
     ema = EMA(net, tc.ema_decay)
@@ -167,7 +245,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
 
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_json(saved, {**config.to_dict(), "dataset": dataset_meta(data)})
+        checkpoint.write_json(saved, {**config.to_dict(), "dataset": dataset_meta(data, config)})
         _truncate_log(run_dir / "log.jsonl", start)
     if start >= tc.steps:
         return run_dir
@@ -191,9 +269,14 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
             x0 = augment(data.to_float(idx.to(device)), hflip=config.data.hflip,
                          crop_padding=config.data.crop_padding, generator=gen)
             x0 = x0.contiguous(memory_format=memory)
-            cond = condition_of(data, idx.to(device), config.model.cond_dim)
+            cond = conditions(idx.to(device), gen)
             if cond is not None:
                 cond = cond.dropped(config.diffusion.cond_drop_prob, gen)
+            if config.data.low_res:  # super-resolution: the shrunk image is the condition
+                level = training_levels(len(x0), config.diffusion.low_res_noise, schedule, gen,
+                                        device)
+                cond = with_low_res(cond, shrink(x0, config.data.low_res), config.data.size,
+                                    level, schedule, gen)
             sync = model.no_sync() if d.world > 1 and micro < tc.grad_accum - 1 else nullcontext()
             with sync, autocast:
                 loss = diffusion_loss(forward, schedule, x0, cond, target=config.diffusion.target,
@@ -228,7 +311,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
                                                  "images_per_s": rate, "seconds": elapsed})
         if step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
             if d.main:
-                _save(run_dir, net, ema, opt, step, config)
+                _save(run_dir, net, ema, opt, step, config, data)
             if d.world > 1:
                 dist.barrier()
         if out_of_time:
@@ -238,7 +321,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
 
 
 def _save(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, step: int,
-          config: Config) -> None:
+          config: Config, data: ImageDataset) -> None:
     """Checkpoint, then the pictures of progress: a sample grid and the loss plot."""
     tensors, rest = checkpoint.optimizer_tensors(opt.state_dict())
     checkpoint.save(run_dir, net.state_dict(), ema.state_dict(), tensors,
@@ -246,7 +329,9 @@ def _save(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, s
     from inkfuse import pipelines, viz  # the grid needs the sampling glue, not the other way
 
     run = pipelines.load_run(run_dir, device=next(net.parameters()).device)
-    images, labels = pipelines.sample_grid(run, per_class=config.sample.per_class, progress=False)
+    real = data.to_float(slice(0, 64 * config.sample.per_class)) if config.data.low_res else None
+    images, labels = pipelines.sample_grid(run, per_class=config.sample.per_class, progress=False,
+                                           real=real)
     (run_dir / "samples").mkdir(exist_ok=True)
     viz.save_grid(images, run_dir / "samples" / f"step-{step:07d}.png",
                   nrow=config.sample.per_class, labels=labels)
