@@ -8,7 +8,7 @@ from inkfuse.errors import ConfigError
 
 def test_every_builtin_recipe_loads():
     for name in ["shapes", "mnist", "fashion-mnist", "unet-denoise", "ddpm-course", "sprites",
-                 "shapes-text"]:
+                 "shapes-text", "shapes-sr", "shapes-latent", "fashion-mnist-latent"]:
         assert isinstance(load_recipe(name), Config)
 
 

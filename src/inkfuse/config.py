@@ -56,6 +56,8 @@ class DataConfig:
     caption_dropout: float = bounded(
         0.0, 0.0, 1.0, doc="shapes: leave size, colour and position out of a training caption, "
                            "each with this probability, so short prompts work too")
+    vae: str = field(default="", metadata={
+        "doc": "VAE run dir: train on its latents (latent diffusion); empty = pixels"})
     low_res: int = bounded(0, 0, 512, doc="super-resolution: condition on the image shrunk to "
                                           "this size (0 = off)")
     holdout: float = bounded(0.0, 0.0, 0.9, doc="shapes: share of (kind, colour, position) "
@@ -71,6 +73,8 @@ class ModelConfig:
         doc="plain-unet has no time input (the course's first experiment)",
     )
     in_channels: int = bounded(0, 0, 64, doc="0 = from the data")
+    size: int = bounded(0, 0, 4096, doc="side of what the U-Net denoises: 0 = data.size "
+                                        "(pixels); the latent side with data.vae")
     cond_dim: int = bounded(0, 0, 100_000, doc="classes or context width; 0 = from the data")
     token_dim: int = bounded(0, 0, 100_000, doc="text token width to cross-attend to; "
                                                 "0 = none (set from text.conditioning)")
@@ -246,9 +250,10 @@ def _check_consistency(config: Config) -> None:
     levels = len(m.channel_mult)
     if levels < 1:
         raise ConfigError("model.channel_mult needs at least one level, e.g. [1, 2, 2]")
-    if d.size % (2 ** (levels - 1)):
+    side, what = (m.size, "the latent side") if m.size else (d.size, "data.size")
+    if side % (2 ** (levels - 1)):
         raise ConfigError(
-            f"data.size = {d.size} must be divisible by 2^(levels-1) = {2 ** (levels - 1)} "
+            f"{what} = {side} must be divisible by 2^(levels-1) = {2 ** (levels - 1)} "
             f"for model.channel_mult with {levels} levels"
         )
     for mult in m.channel_mult:
@@ -267,6 +272,9 @@ def _check_consistency(config: Config) -> None:
     if d.low_res and (d.low_res >= d.size or d.size % d.low_res):
         raise ConfigError(f"data.low_res = {d.low_res} must divide data.size = {d.size} and be "
                           "smaller, e.g. 16 for 64")
+    if d.vae and (d.hflip or d.crop_padding or d.low_res):
+        raise ConfigError("data.vae (latent diffusion) works without data.hflip, "
+                          "data.crop_padding and data.low_res: set them to their defaults")
     if d.labels == "clip-image" and config.text.conditioning != "pooled":
         raise ConfigError("data.labels = 'clip-image' conditions on one embedding per image: "
                           "use text.conditioning = 'pooled'")

@@ -35,6 +35,7 @@ from inkfuse.diffusion import SAMPLERS
 from inkfuse.diffusion.samplers import SPACING
 from inkfuse.diffusion.samplers.ddpm import ddpm_step
 from inkfuse.diffusion.schedule import timestep_grid
+from inkfuse.diffusion.upsampling import shrink
 from inkfuse.errors import ConfigError, DataError
 from inkfuse.pipelines import Run, make_condition
 
@@ -56,10 +57,15 @@ def inpaint(
     """
     if resample < 1:
         raise ConfigError(f"--resample must be at least 1, got {resample}")
-    x0 = _check_image(run, image)
-    keep = _check_mask(mask, x0) <= 0.5  # [N, 1, H, W] bool, True = known pixel
-    if keep.all():
-        return x0.cpu()
+    pixels = _check_image(run, image)
+    keep_pixels = _check_mask(mask, pixels) <= 0.5  # [N, 1, H, W] bool, True = known pixel
+    if keep_pixels.all():
+        return pixels.cpu()
+    # latent runs fill the latents that see any masked pixel, then decode
+    x0, keep = pixels, keep_pixels
+    if run.latent is not None:
+        x0 = run.latent.encode(pixels)
+        keep = shrink((~keep_pixels).float(), x0.shape[-1]) == 0
     n, device, schedule = len(x0), run.device, run.schedule
     denoiser, cond = _denoiser(run, n, guidance, labels, context, prompts)
     ts = timestep_grid(schedule, steps, "trailing").to(device)
@@ -85,7 +91,8 @@ def inpaint(
                 if last:
                     break
     bar.close()
-    return torch.where(keep, x0, x.clamp(-1, 1)).cpu()
+    filled = x.clamp(-1, 1) if run.latent is None else run.latent.decode(x.float())
+    return torch.where(keep_pixels, pixels, filled).cpu()
 
 
 @torch.no_grad()
@@ -104,12 +111,13 @@ def img2img(
         raise ConfigError(f"--strength must be in (0, 1], got {strength}")
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
-    x0 = _check_image(run, image)
+    pixels = _check_image(run, image)
+    x0 = pixels if run.latent is None else run.latent.encode(pixels)
     n, device, schedule = len(x0), run.device, run.schedule
     grid = timestep_grid(schedule, steps, SPACING[sampler]).to(device)
     ts = grid[grid <= strength * (schedule.T - 1) + 1e-6]
     if len(ts) == 0:  # too little noise to reach even the grid's last step: nothing to change
-        return x0.cpu()
+        return pixels.cpu()
     denoiser, cond = _denoiser(run, n, guidance, labels, context, prompts)
     gen = torch.Generator(device).manual_seed(seed)
     x = schedule.q_sample(x0, ts[0].expand(n), torch.randn(x0.shape, generator=gen,
@@ -123,7 +131,7 @@ def img2img(
     with run.autocast():
         x = fn(denoiser, x, ts, cond, **options)
     bar.close()
-    return x.clamp(-1, 1).cpu()
+    return (x if run.latent is None else run.latent.decode(x.float())).clamp(-1, 1).cpu()
 
 
 # --- shared checks ----------------------------------------------------------------------------
@@ -133,7 +141,7 @@ def _check_image(run: Run, image: Tensor) -> Tensor:
     image = torch.as_tensor(image)
     if image.ndim == 3:
         image = image[None]
-    c, size, _ = run.shape
+    c, size, _ = run.image_shape
     if image.ndim != 4:
         raise DataError(f"expected an image [N, C, H, W], got shape {tuple(image.shape)}")
     if image.shape[1] != c:

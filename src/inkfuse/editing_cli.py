@@ -28,9 +28,9 @@ def _read(path: str, run) -> tuple[torch.Tensor, tuple[int, int]]:
     from inkfuse.data.folder import load_image
     from inkfuse.data.transforms import resize
 
-    pixels = load_image(path, None, run.shape[0])
+    pixels = load_image(path, None, run.image_shape[0])
     size = (pixels.shape[2], pixels.shape[1])
-    return resize(pixels[None], run.shape[1]).float() / 127.5 - 1, size
+    return resize(pixels[None], run.image_shape[1]).float() / 127.5 - 1, size
 
 
 def _write(image: torch.Tensor, out: Path) -> None:
@@ -70,7 +70,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     if tuple(mask.shape[1:]) != (h, w):
         raise DataError(f"{Path(args.mask).name} is {mask.shape[2]}x{mask.shape[1]} but the "
                         f"image is {w}x{h}: give a mask of the same size")
-    mask = (resize(mask[None], run.shape[1]).float() > 127.5).float()
+    mask = (resize(mask[None], run.image_shape[1]).float() > 127.5).float()
     _write(inpaint(run, image, mask, resample=args.resample, **options), out)
     print(f"wrote {out}")
 

@@ -45,3 +45,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def copy_files(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+               names: tuple[str, ...]) -> None:
+    """Copy the files `names` of folder `src` into `dst`, each atomically (a run dir keeps its
+    own copy of the frozen models it depends on)."""
+    import shutil
+
+    for name in names:
+        with atomic_path(Path(dst) / name) as tmp:
+            shutil.copyfile(Path(src) / name, tmp)

@@ -24,6 +24,7 @@ from inkfuse.clip.conditioner import TextConditioner, is_pretrained, load_condit
 from inkfuse.config import Config
 from inkfuse.diffusion import SAMPLERS, Condition, Denoiser, Schedule, cfg
 from inkfuse.diffusion.denoiser import Prediction
+from inkfuse.diffusion.latent import LatentSpace, load_latent_space
 from inkfuse.diffusion.samplers import SPACING
 from inkfuse.diffusion.schedule import timestep_grid
 from inkfuse.diffusion.upsampling import enlarge, shrink, with_low_res
@@ -43,6 +44,7 @@ class Run:
     class_names: list[str] = field(default_factory=list)
     context_names: list[str] = field(default_factory=list)
     text: TextConditioner | None = None  # the frozen CLIP of a text-conditioned run
+    latent: LatentSpace | None = None  # the frozen VAE of a latent diffusion run
     prompts: list[str] = field(default_factory=list)  # training captions for sample grids
 
     @property
@@ -51,7 +53,17 @@ class Run:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (self.config.model.in_channels, self.config.data.size, self.config.data.size)
+        """What the sampler draws: images, or latents for a latent diffusion run."""
+        side = self.config.model.size or self.config.data.size
+        return (self.config.model.in_channels, side, side)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """What `sample` returns: [C, H, W] of the images."""
+        if self.latent is None:
+            return self.shape
+        channels = self.latent.vae.cfg.in_channels
+        return (channels, self.config.data.size, self.config.data.size)
 
     def autocast(self, precision: str | None = None) -> torch.autocast:
         """bf16 autocast for the network when `precision` (default: the run's training
@@ -65,7 +77,9 @@ class Run:
 
     def denoiser(self, guidance: float = 1.0, rescale: float = 0.0,
                  weights: tuple[float, ...] = (1.0,)) -> Callable:
-        base = Denoiser(self.net, self.schedule, self.config.diffusion.target)
+        # pixels live in [-1, 1], so x0 is clamped there; latents have no such bound
+        clip = None if self.latent is not None else 1.0
+        base = Denoiser(self.net, self.schedule, self.config.diffusion.target, clip)
         return cfg(base, guidance, rescale, weights) if self.conditional else base
 
 
@@ -97,8 +111,9 @@ def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.devic
         spec = config.text.encoder if is_pretrained(config.text.encoder) else run_dir / "clip"
         text = load_conditioner(spec, config.text.conditioning, device)
         net.set_null_text(*text.null())
+    latent = load_latent_space(run_dir / "vae", device) if config.data.vae else None
     return Run(config, net, schedule, run_dir, meta.get("class_names", []),
-               meta.get("context_names", []), text, meta.get("prompts", []))
+               meta.get("context_names", []), text, latent, meta.get("prompts", []))
 
 
 def parse_mix(prompt: str) -> tuple[list[str], tuple[float, ...]]:
@@ -197,6 +212,7 @@ def sample(
     The seed fixes the starting noise and every fresh noise draw: same seed, same images.
     `prompts` (text models): 1 or n prompts; "a | b" mixes prompts (see `parse_mix`).
     `low_res` (super-resolution models): the n images to upsample, [n, C, h, w] in [-1, 1].
+    A latent diffusion run samples latents and returns them decoded to images.
     `spacing` (leading, trailing, linspace, karras) defaults to the sampler's own (`SPACING`).
     `precision` (fp32 or bf16, default: the run's training precision) sets autocast for the
     network only; the sampler's own arithmetic stays in float32.
@@ -221,8 +237,8 @@ def sample(
 
     def step_hook(i: int, x: Tensor, pred: Prediction) -> None:
         bar.update(1)
-        if on_step is not None:
-            on_step(i, x, pred)
+        if on_step is not None:  # the user sees images, decoded from latents if need be
+            on_step(i, x if run.latent is None else run.latent.decode(x.float()), pred)
 
     out = []
     for lo in range(0, n, batch_size):
@@ -239,7 +255,10 @@ def sample(
             c = dataclasses.replace(c if c is not None else hint, low_res=hint.low_res.repeat(
                 k, 1, 1, 1), low_res_t=level.repeat(k))
         with run.autocast(precision):
-            out.append(fn(denoiser, x, ts, c, generator=gen, on_step=step_hook, **options).cpu())
+            x = fn(denoiser, x, ts, c, generator=gen, on_step=step_hook, **options)
+        if run.latent is not None:
+            x = run.latent.decode(x.float())
+        out.append(x.cpu())
     bar.close()
     return torch.cat(out).clamp(-1, 1)
 

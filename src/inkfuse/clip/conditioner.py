@@ -13,7 +13,6 @@ trick: train on CLIP image embeddings, sample from text embeddings of the same s
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch import Tensor
 from inkfuse.clip.tokenizer import check_prompt
 from inkfuse.diffusion.conditioning import Condition
 from inkfuse.errors import ConfigError
+from inkfuse.io import copy_files
 
 MODES = ("pooled", "cross-attention", "both")
 
@@ -110,8 +110,4 @@ def copy_clip(src: str | Path, dst: Path) -> None:
     from inkfuse.clip.train import META, WEIGHTS, load_clip
 
     load_clip(src)  # refuse a broken CLIP before copying anything
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS, META):
-        tmp = dst / f".{name}.tmp"
-        shutil.copyfile(Path(src) / name, tmp)
-        tmp.replace(dst / name)
+    copy_files(src, dst, (WEIGHTS, META))

@@ -195,4 +195,5 @@ def _run(layer: nn.Module, h: Tensor, emb: Tensor | None,
 
 
 def build_model(cfg: ModelConfig, image_size: int, T: int) -> UNet:
-    return UNet(cfg, image_size, T)
+    """The U-Net for images of `image_size`, or for latents of `cfg.size` when that is set."""
+    return UNet(cfg, cfg.size or image_size, T)

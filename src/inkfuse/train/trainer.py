@@ -31,6 +31,7 @@ from inkfuse.config import Config
 from inkfuse.data import ImageDataset, build_dataset
 from inkfuse.data.transforms import augment
 from inkfuse.diffusion import Condition, Schedule, diffusion_loss
+from inkfuse.diffusion.latent import LatentSpace, copy_vae, load_latent_space
 from inkfuse.diffusion.upsampling import shrink, training_levels, with_low_res
 from inkfuse.errors import CheckpointError, InkfuseError, TrainingError
 from inkfuse.nn import build_model
@@ -105,8 +106,10 @@ def lr_at(step: int, cfg: config_mod.TrainConfig) -> float:
     return cfg.lr * warmup_cosine(step, cfg.steps, cfg.warmup_steps, floor=0.1)
 
 
-def resolve(config: Config, data: ImageDataset, text: TextConditioner | None = None) -> Config:
-    """Fill in what the data (and the text encoder) decides: input channels, condition widths."""
+def resolve(config: Config, data: ImageDataset, text: TextConditioner | None = None,
+            latent: LatentSpace | None = None) -> Config:
+    """Fill in what the data (and the text encoder, and the VAE) decide: input channels and
+    size, condition widths."""
     cond_dim, token_dim, null = 0, 0, "learned"
     if text is not None:
         cond_dim, token_dim, null = text.pooled_dim, text.token_dim, "empty-prompt"
@@ -114,8 +117,12 @@ def resolve(config: Config, data: ImageDataset, text: TextConditioner | None = N
         cond_dim = len(data.class_names)
     elif config.data.labels == "context" and data.context is not None:
         cond_dim = data.context.shape[1]
+    channels, size = data.channels, 0
+    if latent is not None:
+        channels, size, _ = latent.shape(config.data.size)
     return config_mod.replace(config, model={
-        "in_channels": config.model.in_channels or data.channels,
+        "in_channels": config.model.in_channels or channels,
+        "size": config.model.size or size,
         "cond_dim": config.model.cond_dim or cond_dim,
         "token_dim": config.model.token_dim or token_dim,
         "low_res_channels": config.model.low_res_channels or (
@@ -181,6 +188,18 @@ def prepare_text(config: Config, run_dir: Path, data: ImageDataset, device: torc
                             config.text.conditioning, device)
 
 
+def prepare_latents(config: Config, run_dir: Path, device: torch.device, d: Dist
+                    ) -> LatentSpace | None:
+    """The frozen VAE of a latent diffusion run, copied into RUN/vae."""
+    if not config.data.vae:
+        return None
+    if d.main and not (run_dir / "vae" / "vae.json").is_file():
+        copy_vae(config.data.vae, run_dir / "vae")
+    if d.world > 1:
+        dist.barrier()
+    return load_latent_space(run_dir / "vae", device)
+
+
 def _train_clip(config: Config, out: Path, progress: bool) -> None:
     from inkfuse.clip.train import train_clip
 
@@ -188,7 +207,7 @@ def _train_clip(config: Config, out: Path, progress: bool) -> None:
     if dc.name != "shapes":
         raise TrainingError("only shapes captions can train a CLIP on the fly; train one with "
                             "`inkfuse clip train --folder DIR` and set text.encoder")
-    train_clip({"size": dc.size, "count": dc.count, "max_objects": dc.max_objects,
+    train_clip({"size": dc.size, "max_objects": dc.max_objects,  # its own 20k pairs
                 "steps": config.text.clip_steps, "seed": config.train.seed,
                 "device": str(pick_device(config.train.device))}, out, progress=progress)
 
@@ -217,12 +236,15 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
         raise TrainingError(f"the dataset has {len(data)} images, fewer than one batch of "
                             f"{tc.batch_size * d.world}; lower train.batch_size")
     text = prepare_text(config, run_dir, data, device, d, progress)
-    config = resolve(config, data, text)
+    latent = prepare_latents(config, run_dir, device, d)
+    config = resolve(config, data, text, latent)
     saved = run_dir / "config.json"
     if saved.is_file():
         _check_same_model(config, checkpoint.read_json(saved), run_dir)
     data = data.to(device)
     conditions = condition_source(config, data, text, device)
+    if latent is not None:  # encode once; each step draws z from the posterior
+        z_mean, z_std = latent.encode_dataset(data.images)
 
     schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps,
                         config.diffusion.beta_start, config.diffusion.beta_end)
@@ -266,8 +288,13 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
         total = 0.0
         for micro in range(tc.grad_accum):
             idx = batch_indices(len(data), tc.batch_size, step * tc.grad_accum + micro, tc.seed, d)
-            x0 = augment(data.to_float(idx.to(device)), hflip=config.data.hflip,
-                         crop_padding=config.data.crop_padding, generator=gen)
+            if latent is not None:
+                i = idx.to(device)
+                x0 = z_mean[i] + z_std[i] * torch.randn(z_mean[i].shape, generator=gen,
+                                                        device=device)
+            else:
+                x0 = augment(data.to_float(idx.to(device)), hflip=config.data.hflip,
+                             crop_padding=config.data.crop_padding, generator=gen)
             x0 = x0.contiguous(memory_format=memory)
             cond = conditions(idx.to(device), gen)
             if cond is not None:
