@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 # CI clones the repository beside shared/, which holds MNIST, Fashion-MNIST and the FID network.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -31,3 +33,14 @@ def tiny_overrides() -> list[str]:
         "train.warmup_steps=2", "train.log_every=1", "train.precision='fp32'",
         "sample.steps=3", "sample.per_class=2", "diffusion.timesteps=50",
     ]
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine each step
+    then waits for the slower core (measured on the CLIP test: 12 s with 1 thread, 180 s with
+    2). Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

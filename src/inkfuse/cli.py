@@ -20,6 +20,7 @@ from inkfuse.diffusion.schedule import SPACINGS
 from inkfuse.editing_cli import add_editing_parsers
 from inkfuse.errors import ConfigError, InkfuseError
 from inkfuse.metrics.cli import add_eval_parser
+from inkfuse.vae_cli import add_vae_parser
 
 
 def _floats(text: str) -> list[float]:
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_editing_parsers(sub)
     add_clip_parser(sub)
+    add_vae_parser(sub)
 
     da = sub.add_parser("data", help="list or download datasets")
     da.add_argument("what", choices=["list", "fetch"])

@@ -241,12 +241,20 @@ def from_dict(raw: dict[str, Any], source: str = "recipe") -> Config:
     return config
 
 
-def _check_consistency(config: Config) -> None:
-    """Cross-field rules that a single field's range cannot express."""
-    m, d = config.model, config.data
+def check_data(d: DataConfig) -> None:
+    """The rules of a [data] table that its fields' ranges cannot express (every model type)."""
     if d.name in ("folder", "npy") and not d.path:
         raise ConfigError(f"data.name = {d.name!r} needs data.path "
                           "(set it with --set data.path=...)")
+    if d.name != "shapes" and (d.max_objects != 1 or d.caption_dropout or d.holdout):
+        raise ConfigError("data.max_objects, caption_dropout and holdout apply only to "
+                          "data.name = 'shapes'")
+
+
+def _check_consistency(config: Config) -> None:
+    """Cross-field rules that a single field's range cannot express."""
+    m, d = config.model, config.data
+    check_data(d)
     levels = len(m.channel_mult)
     if levels < 1:
         raise ConfigError("model.channel_mult needs at least one level, e.g. [1, 2, 2]")
@@ -262,9 +270,6 @@ def _check_consistency(config: Config) -> None:
                 f"model.base_channels * channel_mult = {m.base_channels * mult} is not divisible "
                 f"by model.groups = {m.groups}"
             )
-    if d.name != "shapes" and (d.max_objects != 1 or d.caption_dropout or d.holdout):
-        raise ConfigError("data.max_objects, caption_dropout and holdout apply only to "
-                          "data.name = 'shapes'")
     cross = m.token_dim or (d.labels == "text" and config.text.conditioning != "pooled")
     if cross and not m.attention_resolutions:
         raise ConfigError("cross-attention lives in the attention levels: set "
@@ -308,8 +313,9 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
                       f"(give a .toml path or one of: {names})")
 
 
-def load_recipe(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
-    """Read a TOML recipe, apply `--set` overrides, and validate everything."""
+def read_recipe(name_or_path: str | Path, overrides: typing.Iterable[str] = ()
+                ) -> tuple[dict[str, Any], Path]:
+    """The raw tables of a TOML recipe with `--set` overrides applied, and its path."""
     path = resolve_recipe(name_or_path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -323,6 +329,12 @@ def load_recipe(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) 
         if not isinstance(raw[section], dict):
             raise ConfigError(f"[{section}] in {path} must be a table")
         raw[section][key] = value
+    return raw, path
+
+
+def load_recipe(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
+    """Read a TOML recipe, apply `--set` overrides, and validate everything."""
+    raw, path = read_recipe(name_or_path, overrides)
     return from_dict(raw, source=str(path))
 
 
@@ -336,6 +348,6 @@ def replace(config: Config, **sections: dict[str, Any]) -> Config:
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "DiffusionConfig", "ModelConfig", "SampleConfig",
-    "TextConfig", "TrainConfig", "build_section", "from_dict", "load_recipe", "parse_override",
-    "replace", "resolve_recipe",
+    "TextConfig", "TrainConfig", "build_section", "check_data", "from_dict", "load_recipe",
+    "parse_override", "read_recipe", "replace", "resolve_recipe",
 ]

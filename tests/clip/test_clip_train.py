@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,7 @@ TINY = dict(size=16, count=4096, eval_count=256, steps=300, batch_size=64, chann
             warmup_steps=15, caption_dropout=0.6, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """These models are tiny: a second thread saves nothing and, on a busy 2-core machine,
-    makes each step wait for the slower core (measured: 12 s with 1 thread, 180 s with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ mix prompts, sweep guidance from the CLI, and refuse bad prompts with one line."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +20,7 @@ TEXT = ["data.labels='text'", "data.max_objects=2", "data.caption_dropout=0.3",
         "text.conditioning='both'", "sample.prompts=['a red circle', 'a blue square']"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

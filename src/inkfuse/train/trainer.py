@@ -268,7 +268,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(saved, {**config.to_dict(), "dataset": dataset_meta(data, config)})
-        _truncate_log(run_dir / "log.jsonl", start)
+        truncate_log(run_dir / "log.jsonl", start)
     if start >= tc.steps:
         return run_dir
 
@@ -334,7 +334,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True,
         if d.main and (step % tc.log_every == 0 or step == tc.steps or out_of_time):
             rate = images_seen / max(elapsed, 1e-9)
             bar.set_postfix(loss=f"{total:.4f}", img_s=f"{rate:.0f}")
-            _append_log(run_dir / "log.jsonl", {"step": step, "loss": total, "lr": lr,
+            append_log(run_dir / "log.jsonl", {"step": step, "loss": total, "lr": lr,
                                                  "images_per_s": rate, "seconds": elapsed})
         if step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
             if d.main:
@@ -391,12 +391,12 @@ def _check_same_model(config: Config, saved: dict, run_dir: Path) -> None:
                     "resume with the same recipe or train into a new --out dir")
 
 
-def _append_log(path: Path, record: dict) -> None:
+def append_log(path: Path, record: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def truncate_log(path: Path, step: int) -> None:
     """Drop log lines past the checkpoint we resume from, so a resumed log has no duplicates."""
     if not path.is_file():
         return
