@@ -128,7 +128,7 @@ def main() -> None:
              f"combinations and {len(pairs)} unseen two-object captions, {args.n} images each, "
              f"{args.sampler} {args.steps} steps.", "",
              f"Command: `python benchmarks/text_alignment.py {args.run} --n {args.n} "
-             f"--guidance {args.guidance}`", "",
+             f"--guidance {args.guidance} --sampler {args.sampler} --steps {args.steps}`", "",
              "| w | kind | colour | size | position | **single: all** | count | binding "
              "| relation | **two: all** | s/image |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -151,12 +151,13 @@ def main() -> None:
                      f"**{pair['all']:.3f}** | {per_image:.3f} |")
         print(lines[-1], flush=True)
         show = [0, 1, 2, len(singles), len(singles) + 1, len(singles) + 2]
-        pictures.append(torch.stack([images[r * k + i] for i in show for r in range(8)]))
+        cols = min(8, args.n)
+        pictures.append(torch.stack([images[r * k + i] for i in show for r in range(cols)]))
     picture = Path(args.out).with_suffix(".png")
     rows = [f"w={w:g}: {prompts[i]}" for w in weights for i in [0, 1, 2, len(singles),
                                                                  len(singles) + 1,
                                                                  len(singles) + 2]]
-    viz.save_grid(torch.cat(pictures), picture, nrow=8, labels=rows)
+    viz.save_grid(torch.cat(pictures), picture, nrow=min(8, args.n), labels=rows)
     lines += ["", f"![samples per weight]({picture.name})", "",
               "Prompts: " + "; ".join(f"`{q}`" for q in prompts[:3] + prompts[len(singles):][:3])
               + " …", ""]
