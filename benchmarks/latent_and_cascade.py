@@ -1,7 +1,7 @@
 """Two routes to larger images, each against a plain pixel model under the same training budget.
 
     python benchmarks/latent_and_cascade.py latent --minutes 5    # Fashion-MNIST, 28 px
-    python benchmarks/latent_and_cascade.py cascade --minutes 6   # shapes, 64 px
+    python benchmarks/latent_and_cascade.py cascade --minutes 6   # shapes, 64 px (--size 32)
 
 latent: the `fashion-mnist` recipe (pixels) against `fashion-mnist-latent` (the U-Net on a
 frozen VAE's 4 x 8 x 8 latents, decoded after sampling); the VAE is trained first if
@@ -86,11 +86,12 @@ def latent(args: argparse.Namespace) -> list[str]:
 
 
 def cascade(args: argparse.Namespace) -> list[str]:
-    half = args.minutes / 2
-    single = train("shapes", RUNS / "shapes-64", args.minutes,
-                   ["data.size=64", "model.channel_mult=[1, 2, 2, 2]", "train.batch_size=32"])
+    half, size = args.minutes / 2, args.size
+    single = train("shapes", RUNS / f"shapes-{size}", args.minutes,
+                   [f"data.size={size}", "model.channel_mult=[1, 2, 2, 2]",
+                    "train.batch_size=32"])
     base = train("shapes", RUNS / "shapes-16", half)
-    sr = train("shapes-sr", RUNS / "shapes-sr", half)
+    sr = train("shapes-sr", RUNS / f"shapes-sr-{size}", half, [f"data.size={size}"])
     labels = torch.arange(args.n) % 4
     run64, run16, run_sr = (pipelines.load_run(d) for d in (single, base, sr))
     big, t_single = timed(pipelines.sample, run64, args.n, labels=labels, steps=50,
@@ -99,15 +100,16 @@ def cascade(args: argparse.Namespace) -> list[str]:
                           guidance=3.0, progress=False)
     chained, t_sr = timed(pipelines.upsample, run_sr, small, labels=labels,
                           progress=False)
-    lines = [f"# Cascade vs one model: 64 px shapes, {args.minutes:g} min of training each", "",
+    lines = [f"# Cascade vs one model: {size} px shapes, {args.minutes:g} min of training each",
+             "",
              f"{args.n} class-balanced samples; single and base: DDIM 50, CFG w = 3; "
              f"upsampler: DDIM {run_sr.config.sample.steps}, low-res noise "
              f"{run_sr.config.sample.low_res_noise:g}·T.", "",
              "| route | steps | train img/s | s/image | FID | kind accuracy |",
              "|---|---|---:|---:|---:|---:|"]
     for name, images, seconds, dirs in (
-            ("one 64 px model", big, t_single, [single]),
-            ("16 px base + 16->64 upsampler", chained, t_base + t_sr, [base, sr])):
+            (f"one {size} px model", big, t_single, [single]),
+            (f"16 px base + 16->{size} upsampler", chained, t_base + t_sr, [base, sr])):
         scores = evaluate_images(images, labels, run64.config.data, ["fid", "accuracy"],
                                  progress=False)
         stats = [throughput(d) for d in dirs]
@@ -117,7 +119,7 @@ def cascade(args: argparse.Namespace) -> list[str]:
                      f"{scores['fid']:.1f} | {100 * scores['accuracy']:.1f}% |")
         print(lines[-1], flush=True)
     viz.save_grid(torch.cat([big[:8], chained[:8]]), RESULTS / "cascade.png", nrow=8,
-                          labels=["one 64 px model", "base + upsampler"])
+                  labels=[f"one {size} px model", "base + upsampler"])
     return [*lines, "", "![one model (top) vs cascade (bottom)](cascade.png)"]
 
 
@@ -126,13 +128,14 @@ def main() -> None:
     p.add_argument("what", choices=["latent", "cascade"])
     p.add_argument("--minutes", type=float, default=5.0, help="training budget per model")
     p.add_argument("--n", type=int, default=500, help="samples scored per model")
+    p.add_argument("--size", type=int, default=64, help="cascade: the final size (32 or 64)")
     args = p.parse_args()
     lines = latent(args) if args.what == "latent" else cascade(args)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{args.what}.md"
     out.write_text("\n".join([*lines, "", f"Command: `python benchmarks/latent_and_cascade.py "
                                            f"{args.what} --minutes {args.minutes:g} "
-                                           f"--n {args.n}`", ""]))
+                                           f"--n {args.n} --size {args.size}`", ""]))
     print(f"wrote {out}")
 
 
