@@ -26,8 +26,13 @@ test: venv
 test-slow: venv
 	INKFUSE_DATA=$${INKFUSE_DATA:-$(SHARED_DATA)} $(PY) -m pytest -q -m slow
 
+# About 80 minutes on the 2-core CPU, most of it the two 10-minute trainings and their sampling;
+# run it on an idle machine. diffusers (the `bench` extra) is installed on first use, with torch
+# pinned so that pip keeps the local CPU build.
 bench: venv
+	$(PY) -c 'import diffusers' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]' torch==2.13.0
 	INKFUSE_DATA=$${INKFUSE_DATA:-$(SHARED_DATA)} $(PY) benchmarks/throughput.py
+	INKFUSE_DATA=$${INKFUSE_DATA:-$(SHARED_DATA)} $(PY) benchmarks/vs_diffusers.py all
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks scripts
