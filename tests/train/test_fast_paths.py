@@ -11,14 +11,7 @@ from inkfuse.diffusion import Condition, Schedule, diffusion_loss
 from inkfuse.nn import build_model
 from inkfuse.nn.blocks import Attention
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and a busy machine cannot stall it on a barrier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet() -> nn.Module:
