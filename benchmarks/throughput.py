@@ -25,6 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from inkfuse.config import load_recipe, replace
 from inkfuse.diffusion import Condition, Schedule, diffusion_loss
 from inkfuse.nn import build_model
+from inkfuse.runtime import keep_freed_memory
+from inkfuse.train.trainer import make_optimizer
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -55,8 +57,7 @@ def one(recipe: str, precision: str, seconds: float, device: str,
     net = build_model(config.model, size, config.diffusion.timesteps).to(device)
     memory = torch.channels_last if tc.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, foreach=device == "cpu",
-                            fused=device == "cuda")
+    opt = make_optimizer(net, tc)
     schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps)
     b = tc.batch_size
     x0 = torch.randn(b, channels, size, size, device=device).contiguous(memory_format=memory)
@@ -105,6 +106,7 @@ def main() -> None:
                    "e.g. --set train.channels_last=true")
     p.add_argument("--one", nargs=2, metavar=("RECIPE", "PRECISION"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    keep_freed_memory()
     if args.one:
         print(json.dumps(one(*args.one, args.seconds, args.device, args.set)))
         return

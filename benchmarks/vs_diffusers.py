@@ -9,7 +9,7 @@ hardware (FLOPs, utilisation against a matmul peak measured in the same run, a p
     python benchmarks/vs_diffusers.py all                 # all four (`make bench`)
     python benchmarks/vs_diffusers.py all --quick         # ~10 minutes, to check it runs
 
-Ours runs with its recipe settings (bf16 autocast, foreach AdamW, grad clipping, EMA); theirs
+Ours runs with its recipe settings (bf16 autocast, fused AdamW, grad clipping, EMA); theirs
 as diffusers' examples/unconditional_image_generation/train_unconditional.py trains: fp32
 (`--mixed_precision no`), AdamW(lr 1e-4, betas (0.95, 0.999), wd 1e-6), cosine schedule with 500
 warm-up steps, grad clipping, EMAModel (power 3/4, max decay 0.9999), ε-MSE with DDPMScheduler
@@ -54,7 +54,9 @@ from inkfuse.data import build_dataset
 from inkfuse.diffusion import Condition, Schedule, diffusion_loss
 from inkfuse.metrics.evaluation import evaluate, evaluate_images
 from inkfuse.nn import build_model
+from inkfuse.runtime import keep_freed_memory
 from inkfuse.train.ema import EMA
+from inkfuse.train.trainer import make_optimizer
 
 CLASSES = 10
 # image size -> our recipe and its overrides, image channels, diffusers' block_out_channels
@@ -96,7 +98,7 @@ def recipe(size: int, sets: Sequence[str] = ()) -> Config:
 
 
 def ours(size: int, device: str, sample_batch: int, sets: Sequence[str] = (),
-         name: str = "inkfuse") -> Contender:
+         name: str = "inkfuse", fused_adamw: bool = True) -> Contender:
     """Our U-Net, trained as `inkfuse.train.trainer` trains it (recipe settings + `sets`)."""
     config = recipe(size, sets)
     tc, channels = config.train, config.model.in_channels
@@ -104,8 +106,7 @@ def ours(size: int, device: str, sample_batch: int, sets: Sequence[str] = (),
     memory = torch.channels_last if tc.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory)
     forward = torch.compile(net) if tc.compile else net
-    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                            foreach=device == "cpu", fused=device == "cuda")
+    opt = make_optimizer(net, tc, fused=fused_adamw)
     ema = EMA(net, tc.ema_decay)
     d = config.diffusion
     schedule = Schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end)
@@ -259,14 +260,17 @@ def header(title: str, args: argparse.Namespace) -> list[str]:
               else platform.processor() or platform.machine())
     return [f"# {title}", "",
             f"{device}, {torch.get_num_threads()} threads, torch {torch.__version__}, diffusers "
-            f"{diffusers.__version__}; load average at start {os.getloadavg()[0]:.2f}.", ""]
+            f"{diffusers.__version__}; load average at start {os.getloadavg()[0]:.2f}; glibc "
+            + ("malloc defaults." if args.default_malloc else "malloc keeping freed memory "
+               "(`inkfuse.runtime.keep_freed_memory`, for both)."), ""]
 
 
 def write(part: str, lines: list[str], args: argparse.Namespace) -> None:
     """Print the table; write it to results/ unless this is a --quick smoke run."""
     print("\n".join(lines), flush=True)
     if not args.quick:
-        suffix = "" if args.device == "cpu" else f"-{args.device}"
+        suffix = ("" if args.device == "cpu" else f"-{args.device}") + (
+            "-default-malloc" if args.default_malloc else "")
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"vs_diffusers_{part}{suffix}.md").write_text("\n".join(lines) + "\n")
 
@@ -302,6 +306,8 @@ def part_levers(args: argparse.Namespace) -> None:
     size = args.size
     cs = [ours(size, args.device, args.sample_batch, name="defaults (bf16, eager)")]
     cs += [ours(size, args.device, args.sample_batch, sets, name) for name, sets in LEVERS.items()]
+    cs += [ours(size, args.device, args.sample_batch, name="foreach AdamW, not fused",
+                fused_adamw=False)]
     res = ab(cs, args)
     lines = [*header(f"Levers on our {size} px model (batch {cs[0].batch})", args),
         f"Median of {args.rounds} alternating rounds; the ratio is this lever over our defaults "
@@ -504,12 +510,16 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--their-batch", type=int, default=16, help="the example's default")
     p.add_argument("--run-dir", default="runs/bench-vs-diffusers")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds alone, to measure what they give")
     args = p.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.warmup, args.profile_steps = 2, 0.5, 1, 1
         args.minutes, args.n, args.sample_steps = 1.0, 200, 20
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.default_malloc:  # process-wide: both contenders get it, as `inkfuse` runs do
+        keep_freed_memory()
     parts = ["hardware", "throughput", "levers", "quality"] if args.part == "all" else [args.part]
     for part in parts:
         PARTS[part](args)

@@ -20,6 +20,7 @@ from inkfuse.diffusion.schedule import SPACINGS
 from inkfuse.editing_cli import add_editing_parsers
 from inkfuse.errors import ConfigError, InkfuseError
 from inkfuse.metrics.cli import add_eval_parser
+from inkfuse.runtime import keep_freed_memory
 from inkfuse.vae_cli import add_vae_parser
 
 
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         args.fn(args)
     except InkfuseError as e:

@@ -30,6 +30,7 @@ from inkfuse.diffusion.schedule import timestep_grid
 from inkfuse.diffusion.upsampling import enlarge, shrink, with_low_res
 from inkfuse.errors import CheckpointError, ConfigError, InkfuseError
 from inkfuse.nn import build_model
+from inkfuse.runtime import keep_freed_memory
 from inkfuse.train import checkpoint
 
 
@@ -222,6 +223,7 @@ def sample(
         raise ConfigError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}")
+    keep_freed_memory()
     device = run.device
     cond, weights = make_condition(run, n, labels, context, prompts)
     low = _check_low_res(run, n, low_res)
