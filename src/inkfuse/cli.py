@@ -97,7 +97,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from inkfuse import pipelines, viz
 
     out = _out_path(args.out, (".png", ".gif", ".npz"))
-    run = pipelines.load_run(args.run_dir, ema=not args.no_ema)
+    run = pipelines.load_run(args.run_dir, ema=not args.no_ema, compile=args.compile)
     s = run.config.sample
     context = torch.tensor(_floats(args.context)) if args.context else None
     labels = torch.tensor([args.class_id]) if args.class_id is not None else None
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a super-resolution run that draws the samples again, larger")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    sa.add_argument("--compile", action="store_true", help="torch.compile the network: faster "
+                    "steps after a compile of tens of seconds, for large jobs")
     sa.add_argument("--no-noise", action="store_true",
                     help="DDPM without fresh noise per step (to see why it is needed)")
     sa.add_argument("--out", required=True, help=".png grid, .gif animation or .npz arrays")

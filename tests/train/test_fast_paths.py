@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from inkfuse.config import ModelConfig
+import inkfuse
+from inkfuse.config import ModelConfig, load_recipe
 from inkfuse.diffusion import Condition, Schedule, diffusion_loss
 from inkfuse.nn import build_model
 from inkfuse.nn.blocks import Attention
@@ -97,3 +98,13 @@ def test_sdpa_attention_matches_the_naive_formula():
     naive = x + block.proj((weights @ v).transpose(-1, -2).reshape(2, 16, 4, 4))
     assert torch.allclose(block(x), naive, atol=1e-5)
 
+
+
+@pytest.mark.slow  # a minute of compilation on a 2-core CPU
+def test_compiled_sampling_matches_eager(tmp_path, tiny_overrides):
+    run_dir = inkfuse.train(load_recipe("shapes", tiny_overrides), tmp_path / "run",
+                            progress=False)
+    eager = inkfuse.sample(inkfuse.load_run(run_dir), 4, steps=3, progress=False)
+    compiled = inkfuse.sample(inkfuse.load_run(run_dir, compile=True), 4, steps=3,
+                              progress=False)
+    assert torch.allclose(compiled, eager, atol=1e-4)

@@ -38,6 +38,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    ev.add_argument("--compile", action="store_true", help="torch.compile the network (pays "
+                    "for thousands of samples: see benchmarks/README.md)")
     ev.add_argument("--dataset", default=None, help="reference dataset for an .npz input")
     ev.add_argument("--ref-n", type=int, default=None,
                     help="real images to compare with (default: the whole test split). Inception "
@@ -81,6 +83,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from inkfuse.metrics.evaluation import evaluate, evaluate_npz, parse_metrics
+    from inkfuse.pipelines import load_run
 
     metrics = parse_metrics(args.metric)
     out = Path(args.out) if args.out else None
@@ -100,6 +103,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             if args.dataset:
                 raise ConfigError("--dataset applies to .npz inputs; a run dir compares "
                                   "against its own dataset")
+            if args.compile:
+                source = load_run(source, ema=not args.no_ema, compile=True)
             results = evaluate(source, metrics, n=args.n, sampler=args.sampler,
                                steps=args.steps, guidance=args.guidance, seed=args.seed,
                                eta=args.eta, ema=not args.no_ema, batch_size=args.batch_size,
