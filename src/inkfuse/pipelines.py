@@ -88,7 +88,7 @@ def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.devic
              compile: bool = False) -> Run:
     """Load a run dir written by `train` (its config.json and latest checkpoint).
 
-    `compile` wraps the network in `torch.compile`: 1.2–1.4× more evaluations per second on
+    `compile` wraps the network in `torch.compile`: 1.1–1.4× more evaluations per second on
     the benchmark CPU (benchmarks/README.md), after tens of seconds of compiling per batch
     shape, so it pays for long jobs (thousands of samples, `inkfuse eval`), not a quick grid."""
     run_dir = Path(run_dir)

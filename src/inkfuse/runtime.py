@@ -16,11 +16,11 @@ def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed blocks of up to 1 GiB for reuse.
 
     By default glibc serves each allocation over its mmap threshold (a few MiB at most) with a
-    fresh mmap and hands it back to the kernel on free, and trims the heap top likewise, so
-    every training step page-faults its activations in again: on the 2-core benchmark CPU that
-    is ~10% of a small U-Net's training step, and a 3×3 conv reading a freshly faulted tensor
-    runs 3× slower than on a reused one (benchmarks/README.md). Raising both thresholds is what
-    tcmalloc/jemalloc do (`torch.backends.xeon.run_cpu` preloads them) without a preload.
+    fresh mmap, hands it back to the kernel on free and trims the heap top likewise, so every
+    training step page-faults its activations in again: ~9,000 minor faults per step of the
+    16 px recipe model, ~30 with this. The time that saves depends on how costly faults are on
+    the machine (benchmarks/README.md); results cannot change. Raising both thresholds is what
+    tcmalloc/jemalloc do (`torch.backends.xeon.run_cpu` preloads them), without a preload.
     Returns whether it took effect (False off glibc, e.g. macOS).
     """
     if not sys.platform.startswith("linux"):
