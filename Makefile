@@ -32,6 +32,7 @@ test-slow: venv
 bench: venv
 	$(PY) -c 'import diffusers' 2>/dev/null || $(PY) -m pip install -q -e '.[bench]' torch==2.13.0
 	INKFUSE_DATA=$${INKFUSE_DATA:-$(SHARED_DATA)} $(PY) benchmarks/throughput.py
+	$(PY) benchmarks/layers.py
 	INKFUSE_DATA=$${INKFUSE_DATA:-$(SHARED_DATA)} $(PY) benchmarks/vs_diffusers.py all
 
 lint: venv

@@ -56,7 +56,7 @@ from inkfuse.metrics.evaluation import evaluate, evaluate_images
 from inkfuse.nn import build_model
 from inkfuse.runtime import keep_freed_memory
 from inkfuse.train.ema import EMA
-from inkfuse.train.trainer import make_optimizer
+from inkfuse.train.trainer import apply_update, make_optimizer
 
 CLASSES = 10
 # image size -> our recipe and its overrides, image channels, diffusers' block_out_channels
@@ -128,11 +128,7 @@ def ours(size: int, device: str, sample_batch: int, sets: Sequence[str] = (),
         with record_function("backward"):
             loss.backward()
         with record_function("optimizer"):
-            if tc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update(net, steps)
+            apply_update(net, opt, ema, tc, steps)
         loss.item()
         steps += 1
 

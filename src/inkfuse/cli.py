@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a super-resolution run that draws the samples again, larger")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    sa.add_argument("--compile", action="store_true", help="torch.compile the network: faster "
-                    "steps after a compile of tens of seconds, for large jobs")
+    sa.add_argument("--compile", action="store_true", help="torch.compile the network (tens of "
+                    "seconds of compiling; no faster than eager on the benchmark CPU)")
     sa.add_argument("--no-noise", action="store_true",
                     help="DDPM without fresh noise per step (to see why it is needed)")
     sa.add_argument("--out", required=True, help=".png grid, .gif animation or .npz arrays")

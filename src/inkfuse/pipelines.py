@@ -88,9 +88,10 @@ def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.devic
              compile: bool = False) -> Run:
     """Load a run dir written by `train` (its config.json and latest checkpoint).
 
-    `compile` wraps the network in `torch.compile`: 1.1–1.4× more evaluations per second on
-    the benchmark CPU (benchmarks/README.md), after tens of seconds of compiling per batch
-    shape, so it pays for long jobs (thousands of samples, `inkfuse eval`), not a quick grid."""
+    `compile` wraps the network in `torch.compile`, after tens of seconds of compiling per
+    batch shape. On the benchmark CPU the eager model is as fast (0.9–1.1×,
+    benchmarks/README.md); it is there for GPUs, where small models are launch-bound
+    (not yet measured with compile)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run dir {run_dir} does not exist (train one with `inkfuse train`)")

@@ -4,7 +4,7 @@ import torch
 from inkfuse.config import ModelConfig
 from inkfuse.diffusion import Condition
 from inkfuse.nn import UNet
-from inkfuse.nn.blocks import RearrangePool, SinusoidalEmbedding
+from inkfuse.nn.blocks import NearestUpConv, RearrangePool, SinusoidalEmbedding, modulated_norm
 
 VARIANTS = [
     {},
@@ -61,6 +61,36 @@ def test_rearrange_pool_keeps_every_pixel():
     patches = rearrange(x, "b c (h p) (w q) -> b (c p q) h w", p=2, q=2)
     assert patches.shape == (1, 8, 2, 2) and set(patches.flatten().tolist()) == set(range(32))
     assert pool(x).shape == (1, 2, 2, 2)
+
+
+def test_nearest_up_conv_is_upsample_then_conv():
+    """The transposed-conv form gives the same outputs and gradients as the two-step form."""
+    torch.manual_seed(0)
+    up = NearestUpConv(5, 3).double()
+    torch.nn.init.normal_(up.conv.bias)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    fast = up(x)
+    ref = up.conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    assert fast.shape == (2, 3, 6, 8) and torch.allclose(fast, ref)
+    g = torch.randn_like(ref)
+    grads = [torch.autograd.grad(y, (x, up.conv.weight, up.conv.bias), g) for y in (fast, ref)]
+    assert all(torch.allclose(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_modulated_group_norm_is_norm_then_scale_and_shift():
+    """The one-call form gives the outputs and gradients of norm(h) * (1 + scale) + shift."""
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 8).double()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    h, scale, shift = (torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+                       for shape in ((3, 8, 5, 5), (3, 8), (3, 8)))
+    fast = modulated_norm(norm, h, scale, shift)
+    ref = norm(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    assert torch.allclose(fast, ref)
+    g, inputs = torch.randn_like(ref), (h, scale, shift, norm.weight, norm.bias)
+    grads = [torch.autograd.grad(y, inputs, g) for y in (fast, ref)]
+    assert all(torch.allclose(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_sinusoidal_embedding_distinguishes_steps():

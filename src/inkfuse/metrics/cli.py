@@ -38,8 +38,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    ev.add_argument("--compile", action="store_true", help="torch.compile the network (pays "
-                    "for thousands of samples: see benchmarks/README.md)")
+    ev.add_argument("--compile", action="store_true", help="torch.compile the network (tens of "
+                    "seconds of compiling; no faster than eager on the benchmark CPU)")
     ev.add_argument("--dataset", default=None, help="reference dataset for an .npz input")
     ev.add_argument("--ref-n", type=int, default=None,
                     help="real images to compare with (default: the whole test split). Inception "

@@ -75,12 +75,30 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor | None) -> Tensor:
         h = self.conv1(self.act1(self.norm1(x)))
-        h = self.norm2(h)
         if self.film is not None and emb is not None:
-            scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
-            h = h * (1 + scale) + shift
+            h = modulated_norm(self.norm2, h, *self.film(emb).chunk(2, dim=1))
+        else:
+            h = self.norm2(h)
         h = self.conv2(self.dropout(self.act2(h)))
         return h if self.skip is None else h + self.skip(x)
+
+
+def modulated_norm(norm: nn.Module, h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """norm(h) * (1 + scale) + shift, with per-sample scale and shift of shape [B, C].
+
+    For GroupNorm this is one pass instead of three: the scale and shift fold into the norm's
+    affine parameters, and a batch of B samples is normalised as one sample of B·C channels in
+    B·G groups (no group straddles two samples, so the statistics are the same). With the SiLU
+    that follows, 1.3–1.7× on the benchmark CPU (benchmarks/results/layers.md).
+    """
+    if isinstance(norm, nn.GroupNorm):
+        b, c = h.shape[:2]
+        weight = (norm.weight * (1 + scale)).flatten()
+        bias = (norm.bias * (1 + scale) + shift).flatten()
+        out = F.group_norm(h.reshape(1, b * c, *h.shape[2:]), b * norm.num_groups, weight, bias,
+                           norm.eps)
+        return out.view_as(h)
+    return norm(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
 
 class Attention(nn.Module):
@@ -149,8 +167,32 @@ def make_down(kind: str, channels: int) -> nn.Module:
     return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
 
-def make_up(kind: str, channels: int) -> nn.Module:
+class NearestUpConv(nn.Module):
+    """Nearest-neighbour ×2 upsampling, then a 3×3 conv: computed as one stride-2 transposed conv.
+
+    Nearest upsampling is itself a stride-2 transposed conv with a 2×2 box kernel, and two
+    (transposed) convolutions compose into one whose kernel is their convolution. Along each axis
+    the 3×3 taps (w0, w1, w2) become the 4×4 taps (w2, w1+w2, w0+w1, w0). Same function, same
+    parameters and same freedom from checkerboard artefacts as upsample-then-conv, at 16/36 of
+    that conv's FLOPs and without building the upsampled map: on the benchmark CPU the layer runs
+    1.4–3.6× faster when sampling and 1.4–2.1× when training (benchmarks/results/layers.md).
+    """
+
+    # row k: which taps of the 3×3 kernel sum into tap k of the 4×4 transposed-conv kernel
+    TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.register_buffer("taps", torch.tensor(self.TAPS), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        taps = self.taps.to(self.conv.weight.dtype)
+        kernel = taps @ self.conv.weight @ taps.T  # [out, in, 4, 4]
+        return F.conv_transpose2d(x, kernel.transpose(0, 1), self.conv.bias, stride=2, padding=1)
+
+
+def make_up(kind: str, cin: int, cout: int) -> nn.Module:
     if kind == "transposed":
-        return nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                         nn.Conv2d(channels, channels, 3, padding=1))
+        return nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
+    return NearestUpConv(cin, cout)

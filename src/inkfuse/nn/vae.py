@@ -143,7 +143,7 @@ class Decoder(nn.Module):
                 level.append(_res(cin, width, cfg))
                 cin = width
             if i < len(widths) - 1:
-                level.append(make_up("nearest-conv", width))
+                level.append(make_up("nearest-conv", width, width))
             self.levels.append(nn.ModuleList(level))
         self.out = _head(cin, cfg.in_channels, cfg)
 
