@@ -104,7 +104,12 @@ def test_sdpa_attention_matches_the_naive_formula():
 def test_compiled_sampling_matches_eager(tmp_path, tiny_overrides):
     run_dir = inkfuse.train(load_recipe("shapes", tiny_overrides), tmp_path / "run",
                             progress=False)
-    eager = inkfuse.sample(inkfuse.load_run(run_dir), 4, steps=3, progress=False)
-    compiled = inkfuse.sample(inkfuse.load_run(run_dir, compile=True), 4, steps=3,
-                              progress=False)
-    assert torch.allclose(compiled, eager, atol=1e-4)
+    run, compiled_run = inkfuse.load_run(run_dir), inkfuse.load_run(run_dir, compile=True)
+    x, t = torch.randn(4, 3, 16, 16), torch.full((4,), 40)
+    with torch.no_grad():
+        assert torch.allclose(compiled_run.net(x, t), run.net(x, t), atol=1e-5)
+    # The first DDIM step divides the noise estimate by sqrt(alpha_bar_T), ~1e-3 at the end of
+    # the cosine schedule, so last-bit differences of the network reach the images at ~1e-4.
+    eager = inkfuse.sample(run, 4, steps=3, progress=False)
+    compiled = inkfuse.sample(compiled_run, 4, steps=3, progress=False)
+    assert torch.allclose(compiled, eager, atol=1e-3)
