@@ -99,7 +99,6 @@ def test_sdpa_attention_matches_the_naive_formula():
     assert torch.allclose(block(x), naive, atol=1e-5)
 
 
-
 @pytest.mark.slow  # a minute of compilation on a 2-core CPU
 def test_compiled_sampling_matches_eager(tmp_path, tiny_overrides):
     run_dir = inkfuse.train(load_recipe("shapes", tiny_overrides), tmp_path / "run",

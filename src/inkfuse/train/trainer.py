@@ -110,8 +110,9 @@ def lr_at(step: int, cfg: config_mod.TrainConfig) -> float:
 def make_optimizer(net: nn.Module, tc: config_mod.TrainConfig, fused: bool = True
                    ) -> torch.optim.AdamW:
     """AdamW with the fused kernel, on CPU as on CUDA: one pass over all parameters instead of
-    one op per tensor list and moment; a 16 px training step is 1.10× faster than with the
-    `foreach` kernels (`fused=False`, kept to measure that: benchmarks/README.md)."""
+    one op per tensor list and moment. For the 16 px recipe model the optimizer step takes
+    2.3 ms instead of 8.0 ms with the `foreach` kernels (`fused=False`, kept to measure that:
+    benchmarks/README.md), a few percent of a training step."""
     return torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
                              fused=fused, foreach=not fused)
 
