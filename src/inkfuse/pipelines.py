@@ -107,11 +107,8 @@ def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.devic
                         config.diffusion.beta_start, config.diffusion.beta_end)
     net = build_model(config.model, config.data.size, config.diffusion.timesteps)
     weights = checkpoint.load_weights(run_dir, "ema" if ema else "model")
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint in {run_dir} does not match its config.json "
-                              f"({str(e).splitlines()[0]}...)") from None
+    checkpoint.check_weights(weights, net.state_dict(), run_dir, "its config.json")
+    net.load_state_dict(weights)
     net.to(device).eval()
     text = None
     if config.data.labels in ("text", "clip-image"):

@@ -37,3 +37,17 @@ def test_damaged_and_foreign_files_are_refused(tmp_path):
         checkpoint.load_tensors(pickle)
     with pytest.raises(CheckpointError, match="is missing"):
         checkpoint.load_tensors(tmp_path / "nope.safetensors")
+
+
+def test_weights_of_another_model_get_one_line_naming_the_tensor(tmp_path):
+    expected = torch.nn.Linear(3, 2).state_dict()
+    path = tmp_path / "run"
+    with pytest.raises(CheckpointError, match=r"run lacks tensor bias: .*different model than "
+                                              r"its config; train it again"):
+        checkpoint.check_weights({"weight": torch.ones(2, 3)}, expected, path, "its config",
+                                 fix="train it again")
+    with pytest.raises(CheckpointError, match="has an unexpected tensor extra"):
+        checkpoint.check_weights({**expected, "extra": torch.ones(1)}, expected, path, "it")
+    with pytest.raises(CheckpointError, match=r"weight is \[3, 3\] but it has \[2, 3\]"):
+        checkpoint.check_weights({**expected, "weight": torch.ones(3, 3)}, expected, path, "it")
+    checkpoint.check_weights(dict(expected), expected, path, "it")  # a fitting one passes

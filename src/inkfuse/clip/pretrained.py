@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inkfuse.errors import CheckpointError, ConfigError
+from inkfuse.train.checkpoint import check_weights
 
 PREFIX = "open_clip:"
 INSTALL = "pip install 'inkfuse[openclip]'"
@@ -322,18 +323,8 @@ def _read_weights(path: Path, name: str, model: nn.Module) -> dict[str, Tensor]:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} cannot be read as weights ({first}); is it a complete "
                               ".pt, .bin or .safetensors state dict?") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    if missing or extra:
-        key = (missing or extra)[0]
-        raise CheckpointError(f"{path} {'lacks' if missing else 'has an unexpected'} tensor "
-                              f"{key}: it holds another model than open_clip {name}")
-    for key, value in expected.items():
-        if weights[key].shape != value.shape:
-            raise CheckpointError(f"{path}: {key} is {list(weights[key].shape)} but open_clip "
-                                  f"{name} has {list(value.shape)}; pass the model name the "
-                                  "weights were trained as")
+    check_weights(weights, model.state_dict(), path, f"open_clip {name}",
+                  fix="pass the model name the weights were trained as")
     return weights
 
 

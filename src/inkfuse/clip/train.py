@@ -30,7 +30,13 @@ from inkfuse.config import bounded, build_section, choice, listed
 from inkfuse.errors import CheckpointError, ConfigError, DataError, TrainingError
 from inkfuse.io import atomic_path
 from inkfuse.nn.clip import CLIP, ClipModelConfig
-from inkfuse.train.checkpoint import load_tensors, read_json, save_tensors, write_json
+from inkfuse.train.checkpoint import (
+    check_weights,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from inkfuse.train.trainer import warmup_cosine
 
 FORMAT = "inkfuse-clip-1"
@@ -280,18 +286,7 @@ def load_clip(run_dir: str | Path, device: str | torch.device = "cpu"
         raise CheckpointError(f"{run / META}: the tokenizer has {tok.vocab_size} tokens but the "
                               f"model {mcfg.vocab_size}; the run dir is mixed up, train again")
     weights = load_tensors(run / WEIGHTS)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    if missing or extra:
-        name = (missing or extra)[0]
-        raise CheckpointError(f"{run / WEIGHTS} {'lacks' if missing else 'has an unexpected'} "
-                              f"tensor {name}: it belongs to a different model than {META}")
-    for name, value in expected.items():
-        if weights[name].shape != value.shape:
-            raise CheckpointError(
-                f"{run / WEIGHTS}: {name} is {list(weights[name].shape)} but {META} describes "
-                f"{list(value.shape)}; the weights belong to a different model, train again")
+    check_weights(weights, model.state_dict(), run / WEIGHTS, META)
     model.load_state_dict(weights)
     return model.to(device).eval(), tok, meta
 

@@ -114,6 +114,24 @@ def find(run_dir: Path) -> Path | None:
     return None
 
 
+def check_weights(weights: dict[str, Tensor], expected: dict[str, Tensor], path: Path,
+                  described_by: str, fix: str = "an older inkfuse wrote it? train it again"
+                  ) -> None:
+    """Weights that do not fit the model `described_by` get one line naming the first tensor
+    that differs and the fix, instead of PyTorch's dump of every key."""
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or extra:
+        name = (missing or extra)[0]
+        raise CheckpointError(f"{path} {'lacks' if missing else 'has an unexpected'} tensor "
+                              f"{name}: it belongs to a different model than {described_by}; "
+                              f"{fix}")
+    for name, value in expected.items():
+        if weights[name].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: {name} is {list(weights[name].shape)} but {described_by} has "
+                f"{list(value.shape)}: it belongs to a different model; {fix}")
+
+
 def load_weights(run_dir: Path, which: str = "ema") -> dict[str, Tensor]:
     ckpt = find(run_dir)
     if ckpt is None:

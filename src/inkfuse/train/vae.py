@@ -442,22 +442,9 @@ def load_vae(run_dir: str | Path, device: str | torch.device = "cpu") -> Autoenc
         raise CheckpointError(f"{run / META} has a broken model section ({e}); "
                               "train the model again") from None
     weights = load_tensors(run / WEIGHTS)
-    _check_weights(weights, model.state_dict(), run / WEIGHTS)
+    checkpoint.check_weights(weights, model.state_dict(), run / WEIGHTS, META)
     model.load_state_dict(weights)
     return model.to(device).eval()
-
-
-def _check_weights(weights: dict[str, Tensor], expected: dict[str, Tensor], path: Path) -> None:
-    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    if missing or extra:
-        name = (missing or extra)[0]
-        raise CheckpointError(f"{path} {'lacks' if missing else 'has an unexpected'} tensor "
-                              f"{name}: it belongs to a different model than {META}")
-    for name, value in expected.items():
-        if weights[name].shape != value.shape:
-            raise CheckpointError(
-                f"{path}: {name} is {list(weights[name].shape)} but {META} describes "
-                f"{list(value.shape)}; the weights belong to a different model, train again")
 
 
 __all__ = ["FORMAT", "META", "WEIGHTS", "VAEConfig", "VAETrainConfig", "evaluate_vae", "load_vae",
