@@ -1,11 +1,13 @@
-"""The U-Net's two rewritten layers against their plain forms, at the shapes where they run in
-the benchmark models (batch 64, bf16 autocast, the machine's threads):
+"""The U-Net's rewritten layers against their plain forms, at the shapes where they run in the
+benchmark models (batch 64, bf16 autocast, the machine's threads):
 
 - `NearestUpConv` (one stride-2 transposed conv) against nearest upsampling then a 3×3 conv;
 - `modulated_norm` (one group_norm call) against GroupNorm, then × (1 + scale) + shift;
-  both followed by SiLU, as in the ResBlock.
+  both followed by SiLU, as in the ResBlock;
+- `conv_plus_pointwise` (the 1×1 skip conv as a batched matmul-add) against conv3×3(h) + conv1×1(x),
+  the end of a ResBlock that changes width.
 
-Both pairs compute the same function (tests/nn/test_unet.py checks outputs and gradients).
+Each pair computes the same function (tests/nn/test_unet.py checks outputs and gradients).
 
     python benchmarks/layers.py          # writes results/layers.md
 """
@@ -24,12 +26,13 @@ import torch.nn.functional as F
 from throughput import RESULTS
 from torch import Tensor
 
-from inkfuse.nn.blocks import NearestUpConv, modulated_norm
+from inkfuse.nn.blocks import NearestUpConv, conv_plus_pointwise, modulated_norm
 from inkfuse.runtime import keep_freed_memory
 
 BATCH = 64
 UP_SHAPES = [(64, 32, 8), (64, 64, 8), (64, 32, 14), (64, 32, 32)]  # in, out channels; side
 NORM_SHAPES = [(32, 16), (64, 8), (32, 28), (32, 64)]  # channels, side
+SKIP_SHAPES = [(64, 32, 16), (128, 64, 8), (128, 64, 4), (64, 32, 28), (64, 32, 64)]
 
 
 def ms(fn: Callable[[], None], seconds: float) -> float:
@@ -91,6 +94,21 @@ def norm_row(channels: int, side: int, seconds: float) -> Row:
             timings(fused, [x, scale, shift], seconds))
 
 
+def skip_row(cin: int, cout: int, side: int, seconds: float) -> Row:
+    conv, skip = torch.nn.Conv2d(cout, cout, 3, padding=1), torch.nn.Conv2d(cin, cout, 1)
+    h = torch.randn(BATCH, cout, side, side, dtype=torch.bfloat16)
+    x = torch.randn(BATCH, cin, side, side, dtype=torch.bfloat16)
+
+    def plain(h: Tensor, x: Tensor) -> Tensor:
+        return conv(h) + skip(x)
+
+    def fused(h: Tensor, x: Tensor) -> Tensor:
+        return conv_plus_pointwise(conv, h, skip, x)
+
+    return (f"{cin}→{cout} ch, {side} px", timings(plain, [h, x], seconds),
+            timings(fused, [h, x], seconds))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement")
@@ -108,6 +126,8 @@ def main() -> None:
             [up_row(*shape, args.seconds) for shape in UP_SHAPES],
         "GroupNorm × (1 + scale) + shift, then SiLU: three ops vs `modulated_norm`":
             [norm_row(*shape, args.seconds) for shape in NORM_SHAPES],
+        "3×3 conv(h) + 1×1 conv(x): two convs vs `conv_plus_pointwise`":
+            [skip_row(*shape, args.seconds) for shape in SKIP_SHAPES],
     }
     for title, rows in sections.items():
         lines += [f"## {title}", "",

@@ -4,7 +4,13 @@ import torch
 from inkfuse.config import ModelConfig
 from inkfuse.diffusion import Condition
 from inkfuse.nn import UNet
-from inkfuse.nn.blocks import NearestUpConv, RearrangePool, SinusoidalEmbedding, modulated_norm
+from inkfuse.nn.blocks import (
+    NearestUpConv,
+    RearrangePool,
+    SinusoidalEmbedding,
+    conv_plus_pointwise,
+    modulated_norm,
+)
 
 VARIANTS = [
     {},
@@ -89,6 +95,21 @@ def test_modulated_group_norm_is_norm_then_scale_and_shift():
     ref = norm(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
     assert torch.allclose(fast, ref)
     g, inputs = torch.randn_like(ref), (h, scale, shift, norm.weight, norm.bias)
+    grads = [torch.autograd.grad(y, inputs, g) for y in (fast, ref)]
+    assert all(torch.allclose(a, b) for a, b in zip(*grads, strict=True))
+
+
+@pytest.mark.parametrize("memory", [torch.contiguous_format, torch.channels_last])
+def test_conv_plus_pointwise_is_the_two_convs_summed(memory):
+    """The matmul form of the 1×1 skip conv (and the channels-last fallback) gives the outputs
+    and gradients of conv(h) + pointwise(x)."""
+    torch.manual_seed(0)
+    conv, skip = torch.nn.Conv2d(4, 4, 3, padding=1).double(), torch.nn.Conv2d(6, 4, 1).double()
+    h, x = (torch.randn(2, c, 5, 3, dtype=torch.float64).contiguous(memory_format=memory)
+            .requires_grad_() for c in (4, 6))
+    fast, ref = conv_plus_pointwise(conv, h, skip, x), conv(h) + skip(x)
+    assert torch.allclose(fast, ref)
+    g, inputs = torch.randn_like(ref), (h, x, conv.weight, conv.bias, skip.weight, skip.bias)
     grads = [torch.autograd.grad(y, inputs, g) for y in (fast, ref)]
     assert all(torch.allclose(a, b) for a, b in zip(*grads, strict=True))
 
