@@ -28,8 +28,8 @@ import torch
 
 import inkfuse
 from inkfuse import pipelines, viz
+from inkfuse.artifacts.checkpoint import read_json
 from inkfuse.metrics.evaluation import evaluate_images
-from inkfuse.train.vae import load_vae_recipe, train_vae
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path("runs/bench")
@@ -64,7 +64,8 @@ def latent(args: argparse.Namespace) -> list[str]:
     vae_note = f"the VAE in {vae_dir} (trained earlier)"
     if not (vae_dir / "vae.json").is_file():
         t0 = time.perf_counter()
-        metrics = train_vae(load_vae_recipe("vae-fashion-mnist"), vae_dir)
+        inkfuse.train(inkfuse.load_recipe("vae-fashion-mnist", kind="vae"), vae_dir)
+        metrics = read_json(vae_dir / "vae.json")["metrics"]
         vae_note = (f"the VAE ({(time.perf_counter() - t0) / 60:.1f} min, held-out PSNR "
                     f"{metrics['psnr']:.1f} dB, SSIM {metrics['ssim']:.3f})")
     runs = {"pixels (`fashion-mnist`)": train("fashion-mnist", RUNS / "fm-pixels", args.minutes),

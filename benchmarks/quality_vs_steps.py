@@ -21,7 +21,7 @@ import torch
 
 import inkfuse
 from inkfuse import viz
-from inkfuse.diffusion.samplers import nfe
+from inkfuse.diffusion.samplers import get_sampler
 from inkfuse.metrics import classifier
 from inkfuse.metrics.evaluation import evaluate_images
 
@@ -32,7 +32,7 @@ SAMPLERS = ["ddim", "euler", "heun", "dpmpp-2m", "unipc"]
 def steps_for(sampler: str, budget: int) -> int:
     """The most steps whose evaluations fit in `budget` (Heun makes two per step but the last)."""
     steps = max(1, budget)
-    while nfe(sampler, steps) > budget and steps > 1:
+    while get_sampler(sampler).nfe(steps) > budget and steps > 1:
         steps -= 1
     return steps
 
@@ -78,7 +78,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         metrics = [quality] + (["accuracy"] if labels is not None else [])
         scores = evaluate_images(images, labels, data, metrics, progress=False)
-        rows.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
+        rows.append({"sampler": sampler, "steps": steps, "nfe": get_sampler(sampler).nfe(steps),
                      "quality": scores[quality], "accuracy": scores.get("accuracy"),
                      "ms_per_image": 1000 * seconds / args.n})
         print(f"{sampler:9s} NFE {rows[-1]['nfe']:4d}: {quality} {scores[quality]:.3f} "

@@ -23,10 +23,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from inkfuse.config import load_recipe, replace
-from inkfuse.diffusion import Condition, Schedule, diffusion_loss
+from inkfuse.diffusion import Condition, Denoiser, Schedule
 from inkfuse.nn import build_model
 from inkfuse.runtime import keep_freed_memory
-from inkfuse.train.trainer import make_optimizer
+from inkfuse.train.loop import make_optimizer
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,22 +57,23 @@ def one(recipe: str, precision: str, seconds: float, device: str,
     net = build_model(config.model, size, config.diffusion.timesteps).to(device)
     memory = torch.channels_last if tc.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory)
-    opt = make_optimizer(net, tc)
+    opt = make_optimizer(net.parameters(), tc)
     schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps)
     b = tc.batch_size
     x0 = torch.randn(b, channels, size, size, device=device).contiguous(memory_format=memory)
     cond = Condition.from_labels(torch.arange(b, device=device) % classes, classes)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
+    denoiser = Denoiser(net, schedule)
 
     def step() -> None:
         with autocast:
-            loss = diffusion_loss(net, schedule, x0, cond)
+            loss = denoiser.loss(x0, cond)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     with FlopCounterMode(display=False) as counter, autocast:
-        diffusion_loss(net, schedule, x0, cond).backward()
+        denoiser.loss(x0, cond).backward()
     opt.zero_grad(set_to_none=True)
     flops_per_image = counter.get_total_flops() / b
     for _ in range(3):

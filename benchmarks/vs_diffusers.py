@@ -51,12 +51,12 @@ from torch.utils.flop_counter import FlopCounterMode
 import inkfuse
 from inkfuse.config import Config, load_recipe, replace
 from inkfuse.data import build_dataset
-from inkfuse.diffusion import Condition, Schedule, diffusion_loss
+from inkfuse.diffusion import Condition, Denoiser, Schedule
 from inkfuse.metrics.evaluation import evaluate, evaluate_images
 from inkfuse.nn import build_model
 from inkfuse.runtime import keep_freed_memory
 from inkfuse.train.ema import EMA
-from inkfuse.train.trainer import apply_update, make_optimizer
+from inkfuse.train.loop import apply_update, make_optimizer
 
 CLASSES = 10
 # image size -> our recipe and its overrides, image channels, diffusers' block_out_channels
@@ -99,17 +99,18 @@ def recipe(size: int, sets: Sequence[str] = ()) -> Config:
 
 def ours(size: int, device: str, sample_batch: int, sets: Sequence[str] = (),
          name: str = "inkfuse", fused_adamw: bool = True) -> Contender:
-    """Our U-Net, trained as `inkfuse.train.trainer` trains it (recipe settings + `sets`)."""
+    """Our U-Net, trained as `inkfuse.train.loop` trains it (recipe settings + `sets`)."""
     config = recipe(size, sets)
     tc, channels = config.train, config.model.in_channels
     net = build_model(config.model, size, config.diffusion.timesteps).to(device)
     memory = torch.channels_last if tc.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory)
     forward = torch.compile(net) if tc.compile else net
-    opt = make_optimizer(net, tc, fused=fused_adamw)
+    opt = make_optimizer(net.parameters(), tc, fused=fused_adamw)
     ema = EMA(net, tc.ema_decay)
     d = config.diffusion
     schedule = Schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end)
+    denoiser = Denoiser(forward, schedule, d.target)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     x0 = torch.randn(tc.batch_size, channels, size, size, device=device)
     x0 = x0.contiguous(memory_format=memory)
@@ -123,8 +124,7 @@ def ours(size: int, device: str, sample_batch: int, sets: Sequence[str] = (),
     def train_step() -> None:
         nonlocal steps
         with record_function("forward"), autocast:
-            loss = diffusion_loss(forward, schedule, x0, cond.dropped(d.cond_drop_prob),
-                                  target=d.target)
+            loss = denoiser.loss(x0, cond.dropped(d.cond_drop_prob))
         with record_function("backward"):
             loss.backward()
         with record_function("optimizer"):
@@ -135,7 +135,7 @@ def ours(size: int, device: str, sample_batch: int, sets: Sequence[str] = (),
     @torch.inference_mode()
     def evaluate() -> None:
         with autocast:
-            forward(xs, ts, cs)
+            forward(xs, ts, **cs.inputs())
 
     return Contender(name, net, tc.batch_size, train_step, evaluate)
 

@@ -56,6 +56,25 @@ def test_viz_and_data_commands(run_dir, tmp_path, capsys):
     (["train", "no-such-recipe"], "recipe 'no-such-recipe' not found"),
     (["viz", "forward", "shapes", "--out", "x.jpg"], "use a file ending in .png, .gif"),
     (["train", "shapes", "--set", "data.name=folder"], "needs data.path"),
+    # the argument layer: suffixes and numbers, checked before any work
+    (["sample", "no/such/run", "--out", "x.jpg"], "--out x.jpg: use a file ending in .png, .gif"),
+    (["vae", "encode", "RUN", "--image", "a.png", "--out", "z.pt"], "ending in .safetensors"),
+    (["clip", "similarity", "RUN", "--image", "a.png", "--text", "a", "--out", "h.jpg"],
+     "use a file ending in .png"),
+    (["sample", "RUN", "--n", "0", "--out", "x.png"], "--n must be at least 1, got 0"),
+    (["sample", "RUN", "--steps", "2.5", "--out", "x.png"],
+     "--steps expects an integer, got '2.5'"),
+    (["sample", "RUN", "--guidance", "1,-2", "--out", "x.png"], "--guidance must be at least 0"),
+    (["sample", "RUN", "--guidance", "1,x", "--out", "x.png"],
+     "--guidance expects comma-separated numbers, got '1,x'"),
+    (["sample", "RUN", "--rescale", "nan", "--out", "x.png"], "--rescale must be a finite number"),
+    (["img2img", "RUN", "--image", "a.png", "--strength", "0", "--out", "o.png"],
+     "--strength must be in (0, 1], got 0"),
+    (["train", "shapes", "--max-minutes", "-1"], "--max-minutes must be at least 0, got -1"),
+    (["vae", "train", "vae-fashion-mnist", "--recipe", "vae-shapes"], "give the recipe once"),
+    (["vae", "train", "shapes"], "is a diffusion recipe: train it with `inkfuse train shapes`"),
+    (["train", "clip-shapes"], "train it with `inkfuse clip train clip-shapes`"),
+    (["clip", "train", "--set", "stepz=2"], "unknown key clip.stepz"),
 ])
 def test_bad_input_is_one_line(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -88,3 +107,77 @@ def test_console_script_prints_no_traceback(tmp_path):
                            "--out", "x.png"], capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("inkfuse: error: run dir")
+
+
+def test_the_argument_layer_parses_once_for_every_command():
+    from inkfuse.cli import build_parser
+    from inkfuse.cli.args import overrides
+
+    parse = build_parser().parse_args
+    args = parse(["sample", "r", "--guidance", "0, 1,2.5", "--context", "1,0", "--out", "x.png"])
+    assert args.guidance == [0.0, 1.0, 2.5] and args.context == [1.0, 0.0] and args.n == 16
+    args = parse(["train", "shapes", "--set", "train.steps=5", "--max-minutes", "2"])
+    assert overrides(args) == ["train.steps=5", "train.max_minutes=2.0"] and args.out is None
+    for group in (["vae", "train"], ["clip", "train"]):  # the same grammar, a default recipe
+        args = parse([*group, "--set", "train.steps=5", "--max-minutes", "2", "--quiet"])
+        assert overrides(args) == ["train.steps=5", "train.max_minutes=2.0"] and args.quiet
+
+
+def test_building_the_parser_imports_no_torch():
+    code = ("import sys; from inkfuse.cli import build_parser; build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_help_names_the_samplers_and_metrics(capsys):
+    for command in ("sample", "img2img", "eval"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.count("unipc") == 3 and "fd_cls" in out
+
+
+TINY_VAE = ["data.size=16", "data.count=64", "vae.base_channels=8", "vae.groups=4",
+            "vae.eval_count=16", "train.steps=2", "train.batch_size=8", "train.warmup_steps=0"]
+TINY_CLIP = ["data.size=8", "data.count=64", "clip.eval_count=16", "clip.channels=[8]",
+             "clip.width=16", "train.batch_size=16", "train.warmup_steps=0"]
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def test_vae_train_takes_a_recipe_like_train(tmp_path, capsys):
+    out = tmp_path / "vae"
+    assert main(["vae", "train", "vae-shapes", "--out", str(out), "--quiet",
+                 *sets(TINY_VAE)]) == 0
+    assert "held-out PSNR" in capsys.readouterr().out and (out / "vae.safetensors").is_file()
+    # the README's old spelling still works: here it resumes the finished run
+    assert main(["vae", "train", "--recipe", "vae-shapes", "--out", str(out), "--quiet",
+                 *sets(TINY_VAE)]) == 0
+    assert f"saved to {out}" in capsys.readouterr().out
+
+
+def test_clip_train_takes_a_recipe_like_train(tmp_path, capsys):
+    out = tmp_path / "clip"
+    assert main(["clip", "train", "clip-shapes", "--out", str(out), "--quiet",
+                 *sets([*TINY_CLIP, "train.steps=2"])]) == 0
+    assert "text_to_image_r1" in capsys.readouterr().out
+    assert main(["clip", "score", str(out)]) == 0
+    assert (out / "score.json").is_file()
+
+
+def test_clip_train_old_spellings_map_to_recipe_keys():
+    from inkfuse.cli import build_parser
+    from inkfuse.cli.args import overrides
+    from inkfuse.cli.clip import _old_spellings
+
+    args = build_parser().parse_args(["clip", "train", "--out", "runs/clip", "--steps", "800",
+                                      "--size", "16", "--folder", "2024", "--set", "lr=5e-4",
+                                      "--set", "clip.width=64", "--max-minutes", "1"])
+    assert args.recipe == "clip-shapes"
+    assert overrides(args, _old_spellings(args)) == [
+        "train.lr=5e-4", "clip.width=64", "train.steps=800", "data.size=16",
+        'data.name="folder"', 'data.path="2024"', "train.max_minutes=1.0"]

@@ -15,7 +15,7 @@ from inkfuse.pipelines import sample
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_overrides):
-    """A tiny 16 px shapes run trained a little longer (200 steps, ~7 s) so it can complete."""
+    """A tiny 16 px shapes run trained a little longer (200 steps) so it can complete."""
     config = inkfuse.load_recipe("shapes", [*tiny_overrides, "train.steps=200",
                                             "train.checkpoint_every=200", "train.log_every=50"])
     return inkfuse.train(config, tmp_path_factory.mktemp("editing") / "run", progress=False)
@@ -51,8 +51,8 @@ def test_inpaint_keeps_unmasked_pixels_exactly(run, truth):
 def test_inpaint_completes_shapes_better_than_noise(run, truth):
     """Fill the left half of 16 held-out images; MSE over the hole (values in [-1, 1]) of the fill
     against the truth must beat (a) uniform-range noise clamped to [-1, 1] and (b) an
-    unconditional sample of the same run, which sees nothing of the known right half.
-    Measured (seeds 0-2): fill 0.57-0.67, unconditional sample 1.25-1.4, noise 1.45."""
+    unconditional sample of the same run, which sees nothing of the known right half; the
+    margins leave room for other seeds."""
     mask = left_half()
     out = inpaint(run, truth, mask, steps=25, progress=False)
     hole = mask.bool().expand_as(truth)
@@ -83,6 +83,38 @@ def test_img2img(run, truth):
     for sampler in ("euler", "dpmpp-2m"):
         assert img2img(run, x, strength=0.5, steps=6, sampler=sampler,
                        progress=False).shape == x.shape
+
+
+def test_img2img_takes_the_samplers_own_options(run, truth):
+    x = truth[:2]
+    a, b = (img2img(run, x, strength=0.5, steps=6, sampler="ddim", eta=eta, progress=False)
+            for eta in (0.0, 1.0))
+    assert not torch.equal(a, b)  # η = 1 draws fresh noise at each step
+    churned = img2img(run, x, strength=0.5, steps=6, sampler="euler", churn=2.0, progress=False)
+    assert not torch.equal(churned, img2img(run, x, strength=0.5, steps=6, sampler="euler",
+                                            progress=False))
+
+
+def test_an_option_the_sampler_lacks_is_a_one_line_config_error(run, truth):
+    with pytest.raises(ConfigError, match=r"^sampler 'ddim' has no option churn "
+                                          r"\(its options: eta\)$"):
+        img2img(run, truth[:1], sampler="ddim", churn=2.0)
+    with pytest.raises(ConfigError, match=r"^sampler 'unipc' has no option eta"):
+        sample(run, 2, sampler="unipc", eta=1.0)
+
+
+def test_cli_sampler_option_it_lacks_is_one_line(run_dir, tmp_path, capsys):
+    """`--churn` is euler's and heun's: for ddim it is an error naming ddim's options, and the
+    recipe's eta, which only ddim takes, is no error for euler."""
+    assert main(["sample", str(run_dir), "--n", "2", "--steps", "2", "--sampler", "ddim",
+                 "--churn", "2", "--out", str(tmp_path / "a.png")]) == 1
+    err = capsys.readouterr().err
+    assert "sampler 'ddim' has no option churn (its options: eta)" in err
+    assert err.count("\n") == 1 and not (tmp_path / "a.png").exists()
+    assert main(["sample", str(run_dir), "--n", "2", "--steps", "2", "--sampler", "euler",
+                 "--churn", "2", "--out", str(tmp_path / "b.png")]) == 0
+    assert main(["sample", str(run_dir), "--n", "2", "--steps", "2", "--sampler", "ddpm",
+                 "--no-noise", "--out", str(tmp_path / "c.png")]) == 0
 
 
 def test_python_api_bad_inputs(run, truth):

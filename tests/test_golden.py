@@ -67,17 +67,18 @@ def samples(run: pipelines.Run, **cond: object) -> dict[str, str]:
 def make_clip(root: Path) -> Path:
     """A CLIP run dir with random weights and a tokenizer learned from shapes captions: a fixed
     text encoder, so that the text run's digests pin the diffusion path alone."""
-    from inkfuse.clip.tokenizer import BPETokenizer
-    from inkfuse.clip.train import ClipConfig, save_clip
+    from inkfuse.artifacts.clip import save_clip
+    from inkfuse.config import ClipConfig, ClipModelConfig
     from inkfuse.data.shapes import caption, generate_shapes
-    from inkfuse.nn.clip import CLIP, ClipModelConfig
+    from inkfuse.nn.clip import CLIP
+    from inkfuse.text.tokenizer import BPETokenizer
 
     _, scenes = generate_shapes(200, 16, 0, 2)
     tok = BPETokenizer.train([caption(s) for s in scenes], 300)
     torch.manual_seed(0)
     cfg = ClipModelConfig(image_size=16, in_channels=3, channels=[8, 16], vocab_size=tok.vocab_size,
                           context_length=48, width=16, layers=1, heads=2, embed_dim=16)
-    save_clip(root / "clip", CLIP(cfg).eval(), tok, ClipConfig(size=16), {})
+    save_clip(root / "clip", CLIP(cfg).eval(), tok, ClipConfig(), {})
     return root / "clip"
 
 

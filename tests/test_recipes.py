@@ -1,5 +1,7 @@
 """Every built-in recipe trains on its real data and samples, at a few steps each."""
 
+import json
+
 import pytest
 import torch
 
@@ -24,3 +26,16 @@ def test_recipe_trains_and_samples(recipe, tmp_path):
     assert images.shape[0] == 2 and images.abs().max() <= 1
     if recipe == "unet-denoise":
         assert run.net.time_embed is None  # the course's U-Net never sees t
+
+
+@pytest.mark.parametrize(("recipe", "extra"), [
+    ("vae-shapes", ["data.count=64", "vae.eval_count=16"]),
+    ("vae-fashion-mnist", ["vae.eval_count=16"]),
+    ("clip-shapes", ["data.count=64", "clip.eval_count=16", "data.size=16"])])
+def test_vae_and_clip_recipes_train_and_score(recipe, extra, tmp_path):
+    """The same QUICK settings: one [train] table for every kind."""
+    config = load_recipe(recipe, [*QUICK[:2], "train.checkpoint_every=2", "data.limit=64",
+                                  "train.max_minutes=0", *extra])
+    out = train(config, tmp_path / recipe, progress=False)
+    meta = json.loads((out / f"{recipe.split('-')[0]}.json").read_text())
+    assert meta["metrics"]["steps"] == 2 and meta["config"] == config.to_dict()

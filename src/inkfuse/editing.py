@@ -1,10 +1,11 @@
 """Editing images with a trained run, no extra training: inpainting and image-to-image.
 
-Both start from the forward process q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 − ᾱ_t) I) of a real image.
+Both start from the forward process q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 − ᾱ_t) I) of a real image,
+and both run a sampler through `pipelines.draw`, the set-up `sample` uses too.
 
-**Inpainting** (RePaint, Lugmayr et al. 2022). Walk the reverse process on the run's trailing
-grid with ancestral DDPM steps; after each step, put back the known region as the original
-noised to the same level:
+**Inpainting** (RePaint, Lugmayr et al. 2022, `samplers.repaint`). Walk the reverse process on
+the run's trailing grid with ancestral DDPM steps; after each step, put back the known region as
+the original noised to the same level:
 
     x_prev = m ⊙ ddpm_step(x_t) + (1 − m) ⊙ q_sample(x_0, t_prev, ε)      (m = 1: fill)
 
@@ -25,19 +26,19 @@ the input; a strength whose t_start would fall below the grid's last step return
 
 from __future__ import annotations
 
-import inspect
+from functools import partial
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from inkfuse.diffusion import SAMPLERS
-from inkfuse.diffusion.samplers import SPACING
-from inkfuse.diffusion.samplers.ddpm import ddpm_step
+from inkfuse.artifacts.run import Run
+from inkfuse.diffusion import Condition
+from inkfuse.diffusion.samplers import get_sampler, repaint
+from inkfuse.diffusion.samplers.walk import DenoiserFn
 from inkfuse.diffusion.schedule import timestep_grid
 from inkfuse.diffusion.upsampling import shrink
 from inkfuse.errors import ConfigError, DataError
-from inkfuse.pipelines import Run, make_condition
+from inkfuse.pipelines import draw, make_condition, recipe_options
 
 
 @torch.no_grad()
@@ -66,72 +67,52 @@ def inpaint(
     if run.latent is not None:
         x0 = run.latent.encode(pixels)
         keep = shrink((~keep_pixels).float(), x0.shape[-1]) == 0
-    n, device, schedule = len(x0), run.device, run.schedule
-    denoiser, cond = _denoiser(run, n, guidance, labels, context, prompts)
-    ts = timestep_grid(schedule, steps, "trailing").to(device)
-    gen = torch.Generator(device).manual_seed(seed)
-    noise = lambda: torch.randn(x0.shape, generator=gen, device=device)  # noqa: E731
-    bar = tqdm(total=len(ts) * resample, disable=not progress, unit="step",
-               desc=f"inpaint {steps} steps", dynamic_ncols=True)
-    x = noise()
-    with run.autocast():
-        for i, t in enumerate(ts):
-            last = i == len(ts) - 1
-            ab_t = schedule.alpha_bar(t).to(x)
-            ab_prev = torch.ones_like(ab_t) if last else schedule.alpha_bar(ts[i + 1]).to(x)
-            for r in range(resample):
-                pred = denoiser(x, t.expand(n), cond)
-                x_gen = ddpm_step(x, pred, ab_t, ab_prev, None if last else noise())
-                known = x0 if last else ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * noise()
-                x = torch.where(keep, known, x_gen)
-                if r < resample - 1 and not last:  # back up one step: x_t ~ q(x_t | x_prev)
-                    alpha = ab_t / ab_prev
-                    x = alpha.sqrt() * x + (1 - alpha).sqrt() * noise()
-                bar.update(1)
-                if last:
-                    break
-    bar.close()
-    filled = x.clamp(-1, 1) if run.latent is None else run.latent.decode(x.float())
-    return torch.where(keep_pixels, pixels, filled).cpu()
+    denoiser, cond = _denoiser(run, len(x0), guidance, labels, context, prompts)
+    grid = timestep_grid(run.schedule, steps, "trailing").to(run.device)
+
+    def prepare(gen: torch.Generator, lo: int, hi: int) -> tuple[Tensor, Condition | None]:
+        return torch.randn(x0.shape, generator=gen, device=run.device), cond  # one batch
+
+    filled = draw(run, partial(repaint, x0=x0, keep=keep, resample=resample), denoiser, grid,
+                  len(x0), prepare, seed=seed, progress=progress, desc=f"inpaint {steps} steps",
+                  calls=(len(grid) - 1) * resample + 1)
+    if run.latent is None:
+        filled = filled.clamp(-1, 1)
+    return torch.where(keep_pixels.cpu(), pixels.cpu(), filled)
 
 
 @torch.no_grad()
 def img2img(
     run: Run, image: Tensor, *, strength: float = 0.6, steps: int = 50, sampler: str = "ddim",
     guidance: float | None = None, labels: Tensor | None = None, context: Tensor | None = None,
-    prompts: list[str] | None = None, seed: int = 0, progress: bool = True,
+    prompts: list[str] | None = None, seed: int = 0, progress: bool = True, **options: object,
 ) -> Tensor:
     """SDEdit: noise `image` ([N, C, H, W] in [-1, 1]) to about strength · (T − 1), denoise back.
 
     `sampler` is any registered sampler, on its own default grid for `steps` steps, of which
-    only the steps at or below strength · (T − 1) run. Returns [N, C, H, W] in [-1, 1] on the
-    CPU; same seed, same result.
+    only the steps at or below strength · (T − 1) run; `options` are its own, by default the
+    recipe's (as for `sample`). Returns [N, C, H, W] in [-1, 1] on the CPU; same seed, same
+    result.
     """
     if not 0 < strength <= 1:
         raise ConfigError(f"--strength must be in (0, 1], got {strength}")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+    entry = get_sampler(sampler)
+    walk = entry.bind(recipe_options(run, sampler) | options)
     pixels = _check_image(run, image)
     x0 = pixels if run.latent is None else run.latent.encode(pixels)
-    n, device, schedule = len(x0), run.device, run.schedule
-    grid = timestep_grid(schedule, steps, SPACING[sampler]).to(device)
+    schedule = run.schedule
+    grid = timestep_grid(schedule, steps, entry.spacing).to(run.device)
     ts = grid[grid <= strength * (schedule.T - 1) + 1e-6]
     if len(ts) == 0:  # too little noise to reach even the grid's last step: nothing to change
         return pixels.cpu()
-    denoiser, cond = _denoiser(run, n, guidance, labels, context, prompts)
-    gen = torch.Generator(device).manual_seed(seed)
-    x = schedule.q_sample(x0, ts[0].expand(n), torch.randn(x0.shape, generator=gen,
-                                                             device=device))
-    fn = SAMPLERS[sampler]
-    bar = tqdm(total=len(ts), disable=not progress, unit="step",
-               desc=f"img2img {sampler} {len(ts)}/{len(grid)} steps", dynamic_ncols=True)
-    options = {"generator": gen, "on_step": lambda i, x, pred: bar.update(1)}
-    if "eta" in inspect.signature(fn).parameters:
-        options["eta"] = run.config.sample.eta
-    with run.autocast():
-        x = fn(denoiser, x, ts, cond, **options)
-    bar.close()
-    return (x if run.latent is None else run.latent.decode(x.float())).clamp(-1, 1).cpu()
+    denoiser, cond = _denoiser(run, len(x0), guidance, labels, context, prompts)
+
+    def prepare(gen: torch.Generator, lo: int, hi: int) -> tuple[Tensor, Condition | None]:
+        eps = torch.randn(x0.shape, generator=gen, device=run.device)  # one batch
+        return schedule.q_sample(x0, ts[0].expand(len(x0)), eps), cond
+
+    return draw(run, walk, denoiser, ts, len(x0), prepare, seed=seed, progress=progress,
+                desc=f"img2img {sampler} {len(ts)}/{len(grid)} steps").clamp(-1, 1)
 
 
 # --- shared checks ----------------------------------------------------------------------------
@@ -173,7 +154,8 @@ def _check_mask(mask: Tensor, x0: Tensor) -> Tensor:
 
 
 def _denoiser(run: Run, n: int, guidance: float | None, labels: Tensor | None,
-              context: Tensor | None, prompts: list[str] | None) -> tuple:
+              context: Tensor | None, prompts: list[str] | None
+              ) -> tuple[DenoiserFn, Condition | None]:
     """The (guided) denoiser and condition: unconditional unless labels, context or prompts are
     given (a conditional model called without a condition uses its null condition)."""
     if guidance is None:

@@ -1,5 +1,6 @@
-"""Glue from a run dir to images: load the trained network, build its denoiser, guide it, and
-hand it to a sampler. Re-implements no sampler math.
+"""Glue from a run dir to images: build the run's denoiser, guide it, and hand it to a sampler.
+Re-implements no sampler math; `draw` is the one set-up (generator, batches, autocast, progress,
+decoding) that `sample` and the editing functions share.
 
     run = load_run("runs/shapes")
     images = sample(run, 16, labels=torch.arange(16) % 4, guidance=3.0, steps=50)
@@ -10,116 +11,20 @@ hand it to a sampler. Re-implements no sampler math.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
-from inkfuse import config as config_mod
-from inkfuse.clip.conditioner import TextConditioner, is_pretrained, load_conditioner
-from inkfuse.config import Config
-from inkfuse.diffusion import SAMPLERS, Condition, Denoiser, Schedule, cfg
-from inkfuse.diffusion.denoiser import Prediction
-from inkfuse.diffusion.latent import LatentSpace, load_latent_space
-from inkfuse.diffusion.samplers import SPACING
+from inkfuse.artifacts.run import Run, load_run
+from inkfuse.diffusion import Condition, Prediction
+from inkfuse.diffusion.samplers import get_sampler
+from inkfuse.diffusion.samplers.walk import DenoiserFn, OnStep
 from inkfuse.diffusion.schedule import timestep_grid
 from inkfuse.diffusion.upsampling import enlarge, shrink, with_low_res
-from inkfuse.errors import CheckpointError, ConfigError, InkfuseError
-from inkfuse.nn import build_model
+from inkfuse.errors import ConfigError, InkfuseError
 from inkfuse.runtime import keep_freed_memory
-from inkfuse.train import checkpoint
-
-
-@dataclass
-class Run:
-    """A trained model ready to sample: config, network (EMA weights by default), schedule."""
-
-    config: Config
-    net: nn.Module
-    schedule: Schedule
-    dir: Path
-    class_names: list[str] = field(default_factory=list)
-    context_names: list[str] = field(default_factory=list)
-    text: TextConditioner | None = None  # the frozen CLIP of a text-conditioned run
-    latent: LatentSpace | None = None  # the frozen VAE of a latent diffusion run
-    prompts: list[str] = field(default_factory=list)  # training captions for sample grids
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.net.parameters()).device
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """What the sampler draws: images, or latents for a latent diffusion run."""
-        side = self.config.model.size or self.config.data.size
-        return (self.config.model.in_channels, side, side)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """What `sample` returns: [C, H, W] of the images."""
-        if self.latent is None:
-            return self.shape
-        channels = self.latent.vae.cfg.in_channels
-        return (channels, self.config.data.size, self.config.data.size)
-
-    def autocast(self, precision: str | None = None) -> torch.autocast:
-        """bf16 autocast for the network when `precision` (default: the run's training
-        precision) is bf16; the samplers' own arithmetic stays in float32."""
-        bf16 = (precision or self.config.train.precision) == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    @property
-    def conditional(self) -> bool:
-        return self.config.model.cond_dim > 0 or self.config.model.token_dim > 0
-
-    def denoiser(self, guidance: float = 1.0, rescale: float = 0.0,
-                 weights: tuple[float, ...] = (1.0,)) -> Callable:
-        # pixels live in [-1, 1], so x0 is clamped there; latents have no such bound
-        clip = None if self.latent is not None else 1.0
-        base = Denoiser(self.net, self.schedule, self.config.diffusion.target, clip)
-        return cfg(base, guidance, rescale, weights) if self.conditional else base
-
-
-def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.device = "cpu",
-             compile: bool = False) -> Run:
-    """Load a run dir written by `train` (its config.json and latest checkpoint).
-
-    `compile` wraps the network in `torch.compile`, after tens of seconds of compiling per
-    batch shape. On the benchmark CPU the eager model is as fast (0.9–1.1×,
-    benchmarks/README.md); it is there for GPUs, where small models are launch-bound
-    (not yet measured with compile)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run dir {run_dir} does not exist (train one with `inkfuse train`)")
-    raw = checkpoint.read_json(run_dir / "config.json")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{run_dir / 'config.json'} is not an inkfuse run config")
-    meta = raw.pop("dataset", {})
-    try:
-        config = config_mod.from_dict(raw, source=str(run_dir / "config.json"))
-    except ConfigError as e:
-        raise CheckpointError(f"{run_dir} is not a run of this inkfuse version: {e}") from None
-    schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps,
-                        config.diffusion.beta_start, config.diffusion.beta_end)
-    net = build_model(config.model, config.data.size, config.diffusion.timesteps)
-    weights = checkpoint.load_weights(run_dir, "ema" if ema else "model")
-    checkpoint.check_weights(weights, net.state_dict(), run_dir, "its config.json")
-    net.load_state_dict(weights)
-    net.to(device).eval()
-    text = None
-    if config.data.labels in ("text", "clip-image"):
-        spec = config.text.encoder if is_pretrained(config.text.encoder) else run_dir / "clip"
-        text = load_conditioner(spec, config.text.conditioning, device)
-        net.set_null_text(*text.null())
-    latent = load_latent_space(run_dir / "vae", device) if config.data.vae else None
-    if compile:
-        net = torch.compile(net)
-    return Run(config, net, schedule, run_dir, meta.get("class_names", []),
-               meta.get("context_names", []), text, latent, meta.get("prompts", []))
 
 
 def parse_mix(prompt: str) -> tuple[list[str], tuple[float, ...]]:
@@ -203,15 +108,67 @@ def _per_sample(values: Tensor, n: int, what: str) -> Tensor:
     return values
 
 
+# walk(denoiser, x, grid, cond, *, generator, on_step) -> x: a sampler with its options bound
+# (`Sampler.bind`), or `repaint` with its known region.
+Walk = Callable[..., Tensor]
+# prepare(generator, lo, hi) -> (starting x, condition) of samples lo..hi-1, drawn in turn
+Prepare = Callable[[torch.Generator, int, int], "tuple[Tensor, Condition | None]"]
+
+
+@torch.no_grad()
+def draw(
+    run: Run, walk: Walk, denoiser: DenoiserFn, grid: Tensor, n: int, prepare: Prepare, *,
+    seed: int = 0, precision: str | None = None, batch_size: int | None = None,
+    progress: bool = True, desc: str = "", calls: int | None = None,
+    on_step: OnStep | None = None,
+) -> Tensor:
+    """Run `walk` on `grid` for `n` samples in batches of `batch_size` (default: all at once).
+
+    One generator, seeded with `seed`, draws everything in order (each batch's `prepare`, then
+    its walk), so the same seed gives the same images. The network runs under the run's
+    autocast (`precision`), a progress bar counts `calls` (default len(grid)) steps per batch,
+    and latents are decoded to images. Returns [n, C, H, W] on the CPU, not clamped.
+    `on_step(i, x, pred)` sees each intermediate batch, decoded like the result.
+    """
+    batch_size = batch_size or n
+    gen = torch.Generator(run.device).manual_seed(seed)
+    bar = tqdm(total=(calls or len(grid)) * -(-n // batch_size), disable=not progress,
+               unit="step", desc=desc, dynamic_ncols=True)
+
+    def step_hook(i: int, x: Tensor, pred: Prediction) -> None:
+        bar.update(1)
+        if on_step is not None:  # the user sees images, decoded from latents if need be
+            on_step(i, _decode(run, x), pred)
+
+    out = []
+    for lo in range(0, n, batch_size):
+        hi = min(n, lo + batch_size)
+        x, cond = prepare(gen, lo, hi)
+        with run.autocast(precision):
+            x = walk(denoiser, x, grid, cond, generator=gen, on_step=step_hook)
+        out.append(_decode(run, x).cpu())
+    bar.close()
+    return torch.cat(out)
+
+
+def _decode(run: Run, x: Tensor) -> Tensor:
+    return x if run.latent is None else run.latent.decode(x.float())
+
+
+def recipe_options(run: Run, sampler: str) -> dict[str, object]:
+    """The run's [sample] settings that are options of `sampler` (its `eta`, for ddim)."""
+    s = run.config.sample
+    return get_sampler(sampler).select({f.name: getattr(s, f.name)
+                                        for f in dataclasses.fields(s)})
+
+
 @torch.no_grad()
 def sample(
     run: Run, n: int, *, labels: Tensor | None = None, context: Tensor | None = None,
     prompts: list[str] | None = None, low_res: Tensor | None = None, sampler: str = "ddim",
-    steps: int = 50, eta: float = 0.0,
-    guidance: float = 1.0, rescale: float = 0.0, spacing: str | None = None, seed: int = 0,
-    noise: bool = True, churn: float = 0.0, precision: str | None = None, batch_size: int = 256,
-    progress: bool = True,
-    on_step: Callable[[int, Tensor, Prediction], None] | None = None,
+    steps: int = 50, guidance: float = 1.0, rescale: float = 0.0, spacing: str | None = None,
+    seed: int = 0, precision: str | None = None, batch_size: int = 256, progress: bool = True,
+    on_step: OnStep | None = None, **options: object,
 ) -> Tensor:
     """Draw `n` images in [-1, 1] as an [n, C, H, W] float tensor on the CPU.
 
@@ -219,37 +176,25 @@ def sample(
     `prompts` (text models): 1 or n prompts; "a | b" mixes prompts (see `parse_mix`).
     `low_res` (super-resolution models): the n images to upsample, [n, C, h, w] in [-1, 1].
     A latent diffusion run samples latents and returns them decoded to images.
-    `spacing` (leading, trailing, linspace, karras) defaults to the sampler's own (`SPACING`).
+    `spacing` (leading, trailing, linspace, karras) defaults to the sampler's own.
+    `options` are the sampler's own (`SAMPLERS[sampler].options`: ddim's eta, ddpm's noise,
+    euler's and heun's churn…), at the sampler's defaults unless given; one the sampler does
+    not have is a ConfigError.
     `precision` (fp32 or bf16, default: the run's training precision) sets autocast for the
     network only; the sampler's own arithmetic stays in float32.
     `on_step(i, x, pred)` sees each intermediate batch (only sensible when n ≤ batch_size).
     """
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+    entry = get_sampler(sampler)
+    walk = entry.bind(options)
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}")
     keep_freed_memory()
     device = run.device
     cond, weights = make_condition(run, n, labels, context, prompts)
     low = _check_low_res(run, n, low_res)
-    ts = timestep_grid(run.schedule, steps, spacing or SPACING[sampler]).to(device)
-    denoiser = run.denoiser(guidance, rescale, weights)
-    fn = SAMPLERS[sampler]
-    accepted = inspect.signature(fn).parameters
-    options = {k: v for k, v in {"eta": eta, "noise": noise, "churn": churn}.items()
-               if k in accepted}
-    gen = torch.Generator(device).manual_seed(seed)
-    bar = tqdm(total=len(ts) * ((n + batch_size - 1) // batch_size), disable=not progress,
-               unit="step", desc=f"{sampler} {steps} steps", dynamic_ncols=True)
+    grid = timestep_grid(run.schedule, steps, spacing or entry.spacing).to(device)
 
-    def step_hook(i: int, x: Tensor, pred: Prediction) -> None:
-        bar.update(1)
-        if on_step is not None:  # the user sees images, decoded from latents if need be
-            on_step(i, x if run.latent is None else run.latent.decode(x.float()), pred)
-
-    out = []
-    for lo in range(0, n, batch_size):
-        hi = min(n, lo + batch_size)
+    def prepare(gen: torch.Generator, lo: int, hi: int) -> tuple[Tensor, Condition | None]:
         x = torch.randn((hi - lo, *run.shape), generator=gen, device=device)
         c = None if cond is None else Condition.cat(
             [cond[j * n + lo:j * n + hi] for j in range(len(weights))]).to(device)
@@ -261,13 +206,11 @@ def sample(
             k = len(weights)
             c = dataclasses.replace(c if c is not None else hint, low_res=hint.low_res.repeat(
                 k, 1, 1, 1), low_res_t=level.repeat(k))
-        with run.autocast(precision):
-            x = fn(denoiser, x, ts, c, generator=gen, on_step=step_hook, **options)
-        if run.latent is not None:
-            x = run.latent.decode(x.float())
-        out.append(x.cpu())
-    bar.close()
-    return torch.cat(out).clamp(-1, 1)
+        return x, c
+
+    return draw(run, walk, run.denoiser(guidance, rescale, weights), grid, n, prepare,
+                seed=seed, precision=precision, batch_size=batch_size, progress=progress,
+                desc=f"{sampler} {steps} steps", on_step=on_step).clamp(-1, 1)
 
 
 def _check_low_res(run: Run, n: int, low_res: Tensor | None) -> Tensor | None:
@@ -296,8 +239,9 @@ def upsample(sr_run: Run, images: Tensor, *, labels: Tensor | None = None,
     """The second stage of a cascade: `images` (e.g. a base run's samples) drawn again at the
     super-resolution run's size, with its recipe's sampler, conditioned like the base."""
     s = sr_run.config.sample
-    options = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, guidance=s.guidance,
+    options = dict(sampler=s.sampler, steps=s.steps, guidance=s.guidance,
                    rescale=s.guidance_rescale) | kwargs
+    options = recipe_options(sr_run, options["sampler"]) | options
     if sr_run.text is None:
         prompts = None
     if not sr_run.config.model.cond_dim or sr_run.text is not None:
@@ -315,8 +259,9 @@ def sample_grid(run: Run, per_class: int = 8, *, progress: bool = True,
     upsamples shrunk copies of `real` images ([N, C, H, W] in [-1, 1]).
     """
     s = run.config.sample
-    options = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, guidance=s.guidance,
+    options = dict(sampler=s.sampler, steps=s.steps, guidance=s.guidance,
                    rescale=s.guidance_rescale, progress=progress) | kwargs
+    options = recipe_options(run, options["sampler"]) | options
     dim = run.config.model.cond_dim
     rows = torch.arange(dim).repeat_interleave(per_class)
     if run.text is not None:
@@ -336,5 +281,36 @@ def sample_grid(run: Run, per_class: int = 8, *, progress: bool = True,
     return sample(run, n, **cond, **options), names
 
 
-__all__ = ["InkfuseError", "Run", "load_run", "make_condition", "sample", "sample_grid",
-           "upsample"]
+__all__ = ["InkfuseError", "Run", "draw", "load_run", "make_condition", "recipe_options",
+           "sample", "sample_grid", "upsample"]
+
+
+def class_labels(run: Run, n: int, labels: Tensor | None = None) -> Tensor | None:
+    """The class ids `sample` conditions `n` samples of `run` on: `labels` (1 or n of them), or
+    else each class in turn; None when the run is not conditioned on class ids.
+
+    What a caller needs to label the images it was given back, or to condition the next stage
+    of a cascade like this one."""
+    dim = run.config.model.cond_dim
+    if not dim or run.text is not None or run.config.data.labels != "class":
+        return None
+    if labels is None:
+        return torch.arange(n) % dim
+    return _per_sample(torch.as_tensor(labels).reshape(-1), n, "--class")
+
+
+def sample_cascade(base: Run, sr_run: Run, n: int, *, labels: Tensor | None = None,
+                   context: Tensor | None = None, prompts: list[str] | None = None,
+                   seed: int = 0, progress: bool = True, **options: object) -> Tensor:
+    """A cascade (Ho et al. 2021): `n` samples of `base`, drawn again at `sr_run`'s size and
+    conditioned as they were drawn, on the same prompts or class ids (`class_labels`).
+
+    `options` are `sample`'s for the base (sampler, steps, guidance, ...); the upsampler uses
+    its own recipe's [sample] settings (see `upsample`). Both stages use `seed`."""
+    images = sample(base, n, labels=labels, context=context, prompts=prompts, seed=seed,
+                    progress=progress, **options)
+    return upsample(sr_run, images, labels=class_labels(base, n, labels), prompts=prompts,
+                    seed=seed, progress=progress)
+
+
+__all__ += ["class_labels", "sample_cascade"]

@@ -17,9 +17,9 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves each allocation over its mmap threshold (a few MiB at most) with a
     fresh mmap, hands it back to the kernel on free and trims the heap top likewise, so every
-    training step page-faults its activations in again: ~9,000 minor faults per step of the
-    16 px recipe model, ~30 with this. The time that saves depends on how costly faults are on
-    the machine (benchmarks/README.md); results cannot change. Raising both thresholds is what
+    training step page-faults its activations in again. Keeping them removes nearly all of those
+    faults (counted in benchmarks/README.md); what that saves depends on how costly faults are
+    on the machine, and results cannot change. Raising both thresholds is what
     tcmalloc/jemalloc do (`torch.backends.xeon.run_cpu` preloads them), without a preload.
     Returns whether it took effect (False off glibc, e.g. macOS).
     """

@@ -8,14 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from inkfuse.artifacts.clip import load_clip
 from inkfuse.cli import build_parser
-from inkfuse.clip.cli import add_clip_parser, check_prompt
-from inkfuse.clip.train import clip_config, embed_texts, load_clip, train_clip
+from inkfuse.cli.clip import add_clip_parser, check_prompt
+from inkfuse.config import ClipConfig, load_recipe
 from inkfuse.errors import CheckpointError, ConfigError
+from inkfuse.metrics.clip import embed_texts
+from inkfuse.train import train
 
-TINY = dict(size=16, count=4096, eval_count=256, steps=300, batch_size=64, channels=[16, 32],
-            width=64, layers=2, heads=2, embed_dim=64, context_length=16, lr=2e-3,
-            warmup_steps=15, caption_dropout=0.6, seed=0)
+TINY = ["data.size=16", "data.count=4096", "data.caption_dropout=0.6", "clip.eval_count=256",
+        "clip.channels=[16, 32]", "clip.width=64", "clip.layers=2", "clip.heads=2",
+        "clip.embed_dim=64", "clip.context_length=16", "train.steps=300", "train.batch_size=64",
+        "train.lr=2e-3", "train.warmup_steps=15", "train.seed=0"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,13 +29,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def run(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """~12 s on one CPU core: 300 steps of batch 64 at 16 px."""
     out = tmp_path_factory.mktemp("clip")
-    return out, train_clip(TINY, out, progress=False)
+    train(load_recipe("clip-shapes", TINY), out, progress=False)
+    return out, json.loads((out / "clip.json").read_text())["metrics"]
 
 
 def test_learns_shapes(run: tuple[Path, dict]) -> None:
     out, metrics = run
     assert metrics["loss_last"] < 0.6 * metrics["loss_first"]
-    assert metrics["zero_shot_kind"] > 0.4  # 4 kinds: chance is 25 % (measured 0.65)
+    assert metrics["zero_shot_kind"] > 0.4  # 4 kinds: chance is 25 % (measured 0.73)
     assert metrics["zero_shot_colour"] > 0.5  # 8 colours: chance is 12.5 %
     assert metrics["text_to_image_r5"] > 0.5 and metrics["image_to_text_r5"] > 0.5
     assert (out / "similarity.png").stat().st_size > 0
@@ -69,9 +74,16 @@ def test_unknown_prompt_words_are_refused(run: tuple[Path, dict]) -> None:
 
 def test_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"unknown key clip\.stepz"):
-        clip_config({"stepz": 3})
-    with pytest.raises(ConfigError, match=r"clip\.size = 4 is out of range"):
-        clip_config({"size": 4})
+        load_recipe("clip-shapes", ["clip.stepz=3"])
+    with pytest.raises(ConfigError, match=r"data\.size = 4 is out of range"):
+        load_recipe("clip-shapes", ["data.size=4"])
+    with pytest.raises(ConfigError, match=r"clip\.width = 62 is not divisible by clip\.heads"):
+        ClipConfig.from_dict({"clip": {"width": 62}})
+    with pytest.raises(ConfigError, match="'shapes' or a 'folder'"):
+        load_recipe("clip-shapes", ["data.name='mnist'"])
+    with pytest.raises(ConfigError, match=r"clip-shapes\.toml is a CLIP recipe: train it with "
+                                          r"`inkfuse clip train clip-shapes`"):
+        load_recipe("clip-shapes", kind="diffusion")
 
 
 def test_cli_train_score_similarity(tmp_path: Path, run: tuple[Path, dict]) -> None:
@@ -81,9 +93,10 @@ def test_cli_train_score_similarity(tmp_path: Path, run: tuple[Path, dict]) -> N
 
     parser = build_parser() if _has_clip(build_parser()) else _clip_only_parser()
     out = tmp_path / "run"
-    args = parser.parse_args(["clip", "train", "--out", str(out), "--steps", "2", "--size", "8",
-                              "--set", "count=64", "--set", "eval_count=16", "--set",
-                              "channels=[8]", "--set", "width=16", "--quiet"])
+    sets = ["train.steps=2", "train.batch_size=16", "data.size=8", "data.count=64",
+            "clip.eval_count=16", "clip.channels=[8]", "clip.width=16"]
+    args = parser.parse_args(["clip", "train", "clip-shapes", "--out", str(out), "--quiet",
+                              *[a for s in sets for a in ("--set", s)]])
     args.fn(args)
     args = parser.parse_args(["clip", "score", str(out)])
     args.fn(args)

@@ -66,3 +66,32 @@ def test_load_image_centre_crops(tmp_path):
     assert load_image(tmp_path / "strip.png", 5, channels=1).shape == (1, 5, 5)
     with pytest.raises(DataError, match=f"image {tmp_path / 'gone.png'} not found"):
         load_image(tmp_path / "gone.png", 5)
+
+
+def test_sixteen_bit_and_palette_pngs_are_scaled_not_clipped(tmp_path) -> None:
+
+
+    wide = (np.arange(256).reshape(16, 16) * 257).astype(np.uint16)  # the full 16-bit range
+    Image.fromarray(wide).save(tmp_path / "g16.png")
+    assert torch.equal(load_image(tmp_path / "g16.png", channels=1)[0],
+                       torch.arange(256, dtype=torch.uint8).view(16, 16))
+    palette = Image.fromarray(np.zeros((4, 4), np.uint8), "P")
+    palette.putpalette([10, 20, 30] * 256)
+    palette.save(tmp_path / "p.png")
+    assert load_image(tmp_path / "p.png")[:, 0, 0].tolist() == [10, 20, 30]
+
+
+def test_an_image_that_claims_too_many_pixels_is_refused_before_decoding(tmp_path) -> None:
+    import struct
+    import zlib
+
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", 70000, 70000, 8, 0, 0, 0, 0)  # 4.9 gigapixels, a few bytes
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(DataError, match="claims more than"):
+        load_image(tmp_path / "bomb.png")

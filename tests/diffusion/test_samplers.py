@@ -6,6 +6,7 @@ x_σ − μ ∝ sqrt(s² + σ²). Every sampler must reproduce (μ, s²); the OD
 to the exact ODE solution as steps grow.
 """
 
+import inspect
 import math
 
 import pytest
@@ -13,28 +14,24 @@ import torch
 
 from inkfuse.diffusion import Condition, Denoiser, Prediction, Schedule, cfg
 from inkfuse.diffusion.denoiser import coefficients, training_target
-from inkfuse.diffusion.samplers import SAMPLERS, SPACING, nfe
+from inkfuse.diffusion.samplers import SAMPLERS, Sampler, get_sampler
 from inkfuse.diffusion.samplers.ddim import ddim_step
 from inkfuse.diffusion.samplers.ddpm import ddpm_step
-from inkfuse.diffusion.samplers.dpmpp import dpmpp_2m_step, unic_step
+from inkfuse.diffusion.samplers.dpmpp import dpmpp_2m_step
 from inkfuse.diffusion.samplers.euler import churn_gamma, churn_step, euler_step
 from inkfuse.diffusion.samplers.heun import heun_step
-from inkfuse.diffusion.schedule import karras_timesteps, timestep_grid, timesteps
+from inkfuse.diffusion.samplers.repaint import repaint, repaint_path
+from inkfuse.diffusion.samplers.unipc import unic_step
+from inkfuse.diffusion.samplers.walk import forward_jump
+from inkfuse.diffusion.schedule import SPACINGS, karras_timesteps, timestep_grid, timesteps
 from inkfuse.errors import ConfigError
 
 MU, S = torch.tensor([0.5, -0.25, 0.0, 1.0]), 0.5
 LINEAR = Schedule("linear", 1000)
 ODE_SAMPLERS = ["ddim", "euler", "heun", "dpmpp-2m", "unipc"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests make thousands of small-tensor calls: on a shared 2-core machine, intra-op
-    threads only spin against each other (20× slower), so run them on one and restore after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Thousands of small-tensor calls: a second intra-op thread only spins against the first.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Gaussian:
@@ -62,7 +59,7 @@ def exact_ode(x_T, sigma):
 
 
 def run(name, schedule, steps, x_T, spacing=None, seed=1, **options):
-    ts = timestep_grid(schedule, steps, spacing or SPACING[name])
+    ts = timestep_grid(schedule, steps, spacing or SAMPLERS[name].spacing)
     gen = torch.Generator().manual_seed(seed)
     return SAMPLERS[name](Gaussian(schedule), x_T, ts, generator=gen, **options), ts
 
@@ -262,7 +259,7 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.exact, self.schedule, self.target = Gaussian(schedule), schedule, target
 
-    def forward(self, x, t, cond):
+    def forward(self, x, t, *condition, **inputs):  # the condition is ignored
         pred = self.exact(x, t)
         a, b = coefficients(self.schedule, t, x)
         return training_target(self.target, pred.x0, pred.eps, a, b)
@@ -272,7 +269,7 @@ class Oracle(torch.nn.Module):
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_every_training_target_gives_the_same_samples(name, target):
     x_T = noise(64)
-    ts = timestep_grid(LINEAR, 8, SPACING[name])
+    ts = timestep_grid(LINEAR, 8, SAMPLERS[name].spacing)
     den = Denoiser(Oracle(LINEAR, target), LINEAR, target, clip=None)
     got = SAMPLERS[name](den, x_T, ts, generator=torch.Generator().manual_seed(3))
     want = SAMPLERS[name](Gaussian(LINEAR), x_T, ts, generator=torch.Generator().manual_seed(3))
@@ -282,8 +279,10 @@ def test_every_training_target_gives_the_same_samples(name, target):
 class CondNet(torch.nn.Module):
     """ε̂ depends on x, t and, unless dropped, on the condition vector."""
 
-    def forward(self, x, t, cond):
-        shift = cond.vector.sum(1, keepdim=True) * (~cond.drop)[:, None]
+    def forward(self, x, t, cond=None, *, vector=None, drop=None, **inputs):
+        if cond is not None:  # networks that take the Condition rather than its tensors
+            vector, drop = cond.vector, cond.drop
+        shift = vector.sum(1, keepdim=True) * (~drop)[:, None]
         return 0.1 * x + 0.3 * shift + 1e-4 * t[:, None].float()
 
 
@@ -343,10 +342,10 @@ def test_same_seed_same_samples(name, options):
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_on_step_sees_every_step_in_vp_scale_and_nfe_counts_calls(name):
     steps, den, calls = 20, Gaussian(LINEAR), []
-    ts = timestep_grid(LINEAR, steps, SPACING[name])
+    ts = timestep_grid(LINEAR, steps, SAMPLERS[name].spacing)
     out = SAMPLERS[name](den, noise(), ts, on_step=lambda i, x, pred: calls.append((i, x)))
     assert [i for i, _ in calls] == list(range(steps))
-    assert len(den.seen) == nfe(name, steps)
+    assert len(den.seen) == SAMPLERS[name].nfe(steps)
     assert torch.equal(calls[-1][1], out)
     # Halfway, x is a VP sample x_t ~ N(a μ, a² s² + b²) at the next grid step.
     i = steps // 2
@@ -357,10 +356,99 @@ def test_on_step_sees_every_step_in_vp_scale_and_nfe_counts_calls(name):
 
 
 def test_nfe():
-    assert nfe("heun", 10) == 19 and nfe("heun", 1) == 1
-    assert all(nfe(name, 10) == 10 for name in SAMPLERS if name != "heun")
-    with pytest.raises(ConfigError, match="unknown sampler"):
-        nfe("plms", 10)
+    assert SAMPLERS["heun"].nfe(10) == 19 and SAMPLERS["heun"].nfe(1) == 1
+    assert all(SAMPLERS[name].nfe(10) == 10 for name in SAMPLERS if name != "heun")
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_registry_entry_is_complete(name):
+    """The entry names every option of its function, with the function's own default, and
+    nothing else; the function follows the contract fn(denoiser, x, grid, cond=None, *,
+    generator=None, on_step=None, **options)."""
+    entry = SAMPLERS[name]
+    assert isinstance(entry, Sampler) and entry.name == name and get_sampler(name) is entry
+    assert entry.spacing in SPACINGS and callable(entry.nfe)
+    params = inspect.signature(entry.fn).parameters
+    positional = [p for p in params.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert [p.name for p in positional] == ["denoiser", "x", "grid", "cond"]
+    assert positional[-1].default is None
+    keyword = {p.name: p.default for p in params.values() if p.kind is p.KEYWORD_ONLY}
+    assert keyword.pop("generator") is None and keyword.pop("on_step") is None
+    assert keyword == {option: spec.default for option, spec in entry.options.items()}
+    assert all(spec.doc for spec in entry.options.values())
+    assert set(params) == {p.name for p in positional} | {"generator", "on_step"} | set(keyword)
+
+
+def test_registry_keeps_the_course_options():
+    assert SAMPLERS["ddpm"].options["noise"].default is True
+    assert SAMPLERS["ddim"].options["eta"].default == 0.0
+    for name in ("euler", "heun"):
+        assert set(SAMPLERS[name].options) == {"churn", "churn_sigma_min", "churn_sigma_max",
+                                               "churn_noise"}
+    assert not SAMPLERS["dpmpp-2m"].options and not SAMPLERS["unipc"].options
+
+
+def test_an_option_the_sampler_lacks_is_a_one_line_config_error():
+    ts, x_T = timestep_grid(LINEAR, 4), noise(8)
+    with pytest.raises(ConfigError) as e:
+        SAMPLERS["ddim"](Gaussian(LINEAR), x_T, ts, churn=2.0)
+    assert str(e.value) == "sampler 'ddim' has no option churn (its options: eta)"
+    with pytest.raises(ConfigError, match=r"^sampler 'unipc' has no option eta \(its options: "
+                                          r"none\)$"):
+        SAMPLERS["unipc"].check({"eta": 0.0})
+    with pytest.raises(ConfigError, match="choose from ddpm, ddim, euler, heun, dpmpp-2m, unipc"):
+        get_sampler("plms")
+    assert SAMPLERS["euler"].check({"churn": 1.0}) == {"churn": 1.0}
+    # a recipe's settings: each sampler takes those it names
+    settings = {"eta": 0.5, "churn": 1.0, "guidance": 3.0}
+    assert SAMPLERS["ddim"].select(settings) == {"eta": 0.5}
+    assert SAMPLERS["heun"].select(settings) == {"churn": 1.0}
+    assert SAMPLERS["unipc"].select(settings) == {}
+
+
+def test_calling_the_entry_is_calling_its_function():
+    ts, x_T = timestep_grid(LINEAR, 6), noise(16)
+    for name, options in [("ddim", {"eta": 1.0}), ("ddpm", {"noise": False})]:
+        a = SAMPLERS[name](Gaussian(LINEAR), x_T, ts, generator=torch.Generator().manual_seed(1),
+                           **options)
+        b = SAMPLERS[name].fn(Gaussian(LINEAR), x_T, ts, generator=torch.Generator().manual_seed(1),
+                              **options)
+        assert torch.equal(a, b)
+
+
+# --- inpainting: DDPM's update wrapped, on the shared loop --------------------------------------
+
+def test_repaint_path_by_hand():
+    grid = torch.tensor([9, 6, 3, 0])
+    assert repaint_path(grid, 1).tolist() == [9, 6, 3, 0]
+    assert repaint_path(grid, 2).tolist() == [9, 6, 9, 6, 3, 6, 3, 0, 3, 0]
+    assert repaint_path(grid, 3).tolist() == [9, 6, 9, 6, 9, 6, 3, 6, 3, 6, 3, 0, 3, 0, 3, 0]
+    assert repaint_path(grid[:1], 3).tolist() == [9]
+
+
+def test_forward_jump_by_hand():
+    # ᾱ 0.8 -> 0.5: α = 0.625, x' = sqrt(0.625) · 1 + sqrt(0.375) · 0.3
+    got = forward_jump(t1(1.0), t1(0.8), t1(0.5), t1(0.3)).item()
+    assert got == pytest.approx(math.sqrt(0.625) + math.sqrt(0.375) * 0.3)
+
+
+@pytest.mark.parametrize("resample", [1, 2])
+def test_repaint_keeps_known_values_exactly_and_samples_the_rest(resample):
+    """Known entries come back bit for bit; the unknown ones still follow the data distribution
+    (a wrong jump back up would change their variance; at 1000 steps the ancestral steps' own
+    bias is small), and the model is called once per step down: (N − 1) R + 1 times."""
+    x0 = MU + S * noise(4096, seed=5)
+    keep = torch.tensor([True, False, True, False])  # per dimension, broadcast over samples
+    den, calls, steps = Gaussian(LINEAR), [], 1000
+    ts = timestep_grid(LINEAR, steps, "trailing")
+    out = repaint(den, noise(), ts, x0=x0, keep=keep, resample=resample,
+                  generator=torch.Generator().manual_seed(2), on_step=lambda *a: calls.append(1))
+    assert torch.equal(out[:, keep], x0[:, keep])
+    z = (out[:, ~keep] - MU[~keep]) / S
+    assert abs(z.mean().item()) < 0.03 and abs(z.var().item() - 1) < 0.04
+    assert len(den.seen) == len(calls) == (steps - 1) * resample + 1
 
 
 # --- timestep grids ------------------------------------------------------------------------------
@@ -400,4 +488,3 @@ def test_timestep_grid_spacings():
         timesteps(100, 10, "karras")
     with pytest.raises(ConfigError, match="unknown timestep spacing"):
         timesteps(100, 10, "cosine")
-    assert set(SPACING) == set(SAMPLERS)

@@ -1,4 +1,5 @@
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -56,6 +57,20 @@ def test_timestep_spacings():
     assert timesteps(50, 50) == list(range(49, -1, -1))
     with pytest.raises(ConfigError, match="between 1 and"):
         timesteps(50, 51)
+
+
+def test_linspace_grid_is_exact_for_every_step_count():
+    """i (T − 1) / (N − 1) as an exact fraction, rounded half to even (numpy's rule): in float32,
+    ties such as 499.5 (N = 43) landed an ulp low and rounded down."""
+    T = 1000
+    for n in range(1, T + 1):
+        want = [round(Fraction(i * (T - 1), max(n - 1, 1))) for i in range(n)]  # half to even
+        assert timesteps(T, n, "linspace") == sorted(set(want), reverse=True), n
+    assert 500 in timesteps(T, 43, "linspace") and 499 not in timesteps(T, 43, "linspace")
+    assert timesteps(T, 1, "linspace") == [0]
+    assert timesteps(5, 3, "linspace") == [4, 2, 0]
+    assert timesteps(8, 3, "linspace") == [7, 4, 0]  # 3.5 -> 4 (even)
+    assert timesteps(6, 3, "linspace") == [5, 2, 0]  # 2.5 -> 2 (even)
 
 
 def test_min_snr_weights_agree_across_targets():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from inkfuse import pipelines
+from inkfuse.artifacts import checkpoint
 from inkfuse.cli import main as cli
 from inkfuse.config import DataConfig, load_recipe
 from inkfuse.data import build_dataset, shapes
@@ -18,7 +19,6 @@ from inkfuse.diffusion import Schedule
 from inkfuse.errors import CheckpointError, ConfigError, DataError
 from inkfuse.metrics import evaluate, parse_metrics
 from inkfuse.nn import build_model
-from inkfuse.train import checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*feature dimensions:UserWarning")
 

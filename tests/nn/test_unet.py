@@ -29,7 +29,7 @@ def test_every_switch_builds_and_keeps_the_shape(overrides):
     net = UNet(cfg, 16, 100)
     x = torch.randn(2, 3, 16, 16)
     cond = Condition.from_labels(torch.tensor([0, 3]), 4) if cfg.cond_dim else None
-    out = net(x, torch.tensor([1, 99]), cond)
+    out = net(x, torch.tensor([1, 99]), **(cond.inputs() if cond else {}))
     assert out.shape == x.shape
     out.square().mean().backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
@@ -42,10 +42,29 @@ def test_condition_and_time_change_the_output():
     for p in net.parameters():  # zero-initialised layers would hide the inputs' effect
         torch.nn.init.normal_(p, std=0.1)
     x, t = torch.randn(1, 1, 8, 8), torch.tensor([10])
-    c = Condition.from_labels(torch.tensor([0]), 3)
-    assert not torch.allclose(net(x, t, c), net(x, t, Condition.from_labels(torch.tensor([1]), 3)))
-    assert not torch.allclose(net(x, t, c), net(x, t, c.null_like()))
-    assert not torch.allclose(net(x, t, c), net(x, torch.tensor([90]), c))
+    cond = Condition.from_labels(torch.tensor([0]), 3)
+    c, dropped = cond.inputs(), cond.null_like().inputs()
+    other = Condition.from_labels(torch.tensor([1]), 3).inputs()
+    assert not torch.allclose(net(x, t, **c), net(x, t, **other))
+    assert not torch.allclose(net(x, t, **c), net(x, t, **dropped))
+    assert not torch.allclose(net(x, t, **c), net(x, torch.tensor([90]), **c))
+
+
+def test_dropped_rows_and_unconditional_calls_read_the_learned_null():
+    torch.manual_seed(0)
+    net = UNet(ModelConfig(in_channels=1, cond_dim=3, base_channels=8, channel_mult=[1, 2],
+                           groups=4), 8, 100).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([10, 40, 80])
+    vector = torch.eye(3)
+    with torch.no_grad():
+        unconditional = net(x, t)  # no vector: every row the learned null
+        mixed = net(x, t, vector=vector, drop=torch.tensor([True, False, True]))
+        kept = net(x, t, vector=vector)  # no drop mask: nothing dropped
+    torch.testing.assert_close(mixed[[0, 2]], unconditional[[0, 2]])
+    torch.testing.assert_close(mixed[1], kept[1])
+    assert not torch.allclose(mixed[1], unconditional[1])
 
 
 def test_channels_last_matches_contiguous():

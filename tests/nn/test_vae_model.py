@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inkfuse.nn.vae import AutoencoderKL, DiagonalGaussian, VAEModelConfig
+from inkfuse.config import VAEModelConfig
+from inkfuse.nn.vae import AutoencoderKL, DiagonalGaussian
 
 
 def tiny(**kw) -> AutoencoderKL:

@@ -2,8 +2,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from inkfuse.artifacts import checkpoint
 from inkfuse.errors import CheckpointError
-from inkfuse.train import checkpoint
 
 
 def test_optimizer_state_round_trips(tmp_path):

@@ -8,7 +8,7 @@ from torch import nn
 
 import inkfuse
 from inkfuse.config import ModelConfig, load_recipe
-from inkfuse.diffusion import Condition, Schedule, diffusion_loss
+from inkfuse.diffusion import Condition, Denoiser, Schedule
 from inkfuse.nn import build_model
 from inkfuse.nn.blocks import Attention
 
@@ -31,8 +31,8 @@ def loss_and_grads(net: nn.Module, x0: torch.Tensor, **autocast) -> tuple[torch.
     gradient of every parameter."""
     cond = Condition.from_labels(torch.arange(len(x0)) % 4, 4)
     with torch.autocast("cpu", **autocast):
-        loss = diffusion_loss(net, Schedule("cosine", 100), x0, cond,
-                              generator=torch.Generator().manual_seed(1))
+        loss = Denoiser(net, Schedule("cosine", 100)).loss(
+            x0, cond, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad(loss, list(net.parameters()))
     return loss.detach(), [g.float() for g in grads]
 

@@ -9,16 +9,15 @@ import pytest
 import torch
 
 from inkfuse import pipelines
-from inkfuse.config import load_recipe
+from inkfuse.config import VAEConfig, load_recipe
 from inkfuse.editing import img2img, inpaint
 from inkfuse.errors import CheckpointError, ConfigError
 from inkfuse.train import train
-from inkfuse.train.vae import train_vae
 
-VAE = {"data": {"name": "shapes", "size": 16, "count": 256},
-       "vae": {"base_channels": 8, "groups": 4, "down_factor": 4},
-       "train": {"steps": 20, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 20,
-                 "eval_count": 32}}
+VAE = VAEConfig.from_dict({
+    "data": {"name": "shapes", "size": 16, "count": 256},
+    "vae": {"base_channels": 8, "groups": 4, "down_factor": 4, "eval_count": 32},
+    "train": {"steps": 20, "batch_size": 16, "warmup_steps": 2, "checkpoint_every": 20}})
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def latent_run(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: list[str]) -> Path:
     """A 20-step VAE (16 px -> 4 x 4 x 4 latents), then a few U-Net steps on its latents."""
     root = tmp_path_factory.mktemp("latent")
-    train_vae(VAE, root / "vae", progress=False)
+    train(VAE, root / "vae", progress=False)
     config = load_recipe("shapes", [*tiny_overrides, f"data.vae='{root / 'vae'}'"])
     return train(config, root / "run", progress=False)
 

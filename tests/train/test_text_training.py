@@ -3,6 +3,7 @@ mix prompts, sweep guidance from the CLI, and refuse bad prompts with one line."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,10 @@ def text_run(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: list[str]
 
 
 def test_a_text_run_keeps_its_clip_and_samples_prompts(text_run: Path) -> None:
-    assert (text_run / "clip" / "clip.json").is_file()
+    clip = json.loads((text_run / "clip" / "clip.json").read_text())  # trained by the one loop
+    assert clip["config"]["train"]["steps"] == 10 and clip["metrics"]["steps"] == 10
+    assert (clip["config"]["data"]["size"], clip["config"]["data"]["max_objects"]) == (16, 2)
+    assert (text_run / "clip" / "checkpoint" / "state.json").is_file()
     run = pipelines.load_run(text_run)
     assert run.text is not None and run.prompts == ["a red circle", "a blue square"]
     assert run.config.model.cond_dim and run.config.model.token_dim

@@ -1,4 +1,5 @@
-"""VAE training: it learns, resumes exactly, saves and loads, refuses damage; PSNR and SSIM."""
+"""VAE training: it learns, saves and loads, refuses damage and other models; PSNR and SSIM.
+(Exact resume, the NaN stop and torchrun: tests/train/test_loop.py, for every kind.)"""
 
 from __future__ import annotations
 
@@ -12,32 +13,31 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from inkfuse.artifacts.vae import load_vae
+from inkfuse.cli.vae import add_vae_parser
+from inkfuse.config import VAEConfig, load_recipe
 from inkfuse.errors import CheckpointError, ConfigError, DataError, InkfuseError
 from inkfuse.metrics.image_quality import psnr, ssim
 from inkfuse.nn.vae import AutoencoderKL
-from inkfuse.train import checkpoint
-from inkfuse.train.vae import (
-    ClassifierDistance,
-    evaluate_vae,
-    load_vae,
-    load_vae_recipe,
-    resolve,
-    train_vae,
-    vae_config,
-    vae_datasets,
-)
-from inkfuse.vae_cli import add_vae_parser
+from inkfuse.train import train
+from inkfuse.train.vae import ClassifierDistance, evaluate_vae, resolve, vae_datasets
 
 TINY = {
     "data": {"name": "shapes", "size": 16, "count": 512},
-    "vae": {"base_channels": 8, "groups": 4},
+    "vae": {"base_channels": 8, "groups": 4, "eval_count": 64},
     "train": {"steps": 80, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5,
-              "checkpoint_every": 40, "log_every": 1, "eval_count": 64},
+              "checkpoint_every": 40, "log_every": 1},
 }
 
 
-def tiny(**sections: dict) -> dict:
-    return {name: {**table, **sections.get(name, {})} for name, table in TINY.items()}
+def tiny(**sections: dict) -> VAEConfig:
+    return VAEConfig.from_dict({name: {**table, **sections.get(name, {})}
+                                for name, table in TINY.items()})
+
+
+def train_vae(config: VAEConfig, out: Path) -> dict:
+    """Train, then the metrics that vae.json holds."""
+    return json.loads((train(config, out, progress=False) / "vae.json").read_text())["metrics"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +47,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def run(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """80 steps of batch 16 at 16 px, a 3-level VAE of 8-32 channels: a few seconds."""
     out = tmp_path_factory.mktemp("vae")
-    return out, train_vae(tiny(), out, progress=False)
+    return out, train_vae(tiny(), out)
 
 
 # ----------------------------------------------------------------------------- training
@@ -60,11 +60,11 @@ def test_reconstruction_improves(run: tuple[Path, dict]) -> None:
     first, last = np.mean([r["recon"] for r in log[:5]]), np.mean([r["recon"] for r in log[-5:]])
     assert last < 0.6 * first
 
-    cfg = vae_config(tiny())
-    train, held = vae_datasets(cfg)
+    cfg = tiny()
+    data, held = vae_datasets(cfg)
     torch.manual_seed(0)
     untrained = AutoencoderKL(resolve(cfg, 3), 16).eval()
-    before = evaluate_vae(untrained, held.images, train.images)
+    before = evaluate_vae(untrained, held.images, data.images)
     assert metrics["psnr"] > before["psnr"] + 3  # measured about 9 dB -> 17 dB
     assert metrics["ssim"] > before["ssim"]
 
@@ -80,40 +80,15 @@ def test_run_dir_and_round_trip(run: tuple[Path, dict]) -> None:
     vae = load_vae(out)
     assert not vae.training and vae.image_size == 16
     assert vae.scale_factor.item() == pytest.approx(metrics["scale_factor"])
-    train, held = vae_datasets(vae_config(meta["config"]))
-    again = evaluate_vae(vae, held.images, train.images)
+    data, held = vae_datasets(VAEConfig.from_dict(meta["config"]))
+    again = evaluate_vae(vae, held.images, data.images)
     assert again["psnr"] == pytest.approx(metrics["psnr"], rel=1e-5)
 
 
-def test_killed_run_resumes_to_identical_weights(tmp_path: Path, monkeypatch) -> None:
-    config = tiny(data={"hflip": True, "crop_padding": 2},
-                  train={"steps": 6, "checkpoint_every": 3, "eval_count": 16})
-    straight = train_vae(config, tmp_path / "straight", progress=False)
-
-    real_save = checkpoint.save
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt  # killed right after the step-3 checkpoint
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_vae(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(checkpoint, "save", real_save)
-    state = json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())
-    assert state["step"] == 3
-    resumed = train_vae(config, tmp_path / "resumed", progress=False)
-
-    a = load_file(str(tmp_path / "straight/vae.safetensors"))
-    b = load_file(str(tmp_path / "resumed/vae.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed == straight
-    log = [json.loads(x)["step"] for x in (tmp_path / "resumed/log.jsonl").read_text().splitlines()]
-    assert log == [1, 2, 3, 4, 5, 6]
-
-    changed = {**config, "vae": {**config["vae"], "latent_channels": 8}}
-    with pytest.raises(CheckpointError, match=r"vae\.latent_channels = 4"):
-        train_vae(changed, tmp_path / "resumed", progress=False)
+def test_resume_refuses_another_architecture(run: tuple[Path, dict]) -> None:
+    out, _ = run
+    with pytest.raises(CheckpointError, match=r"vae\.latent_channels = 4, not 8"):
+        train(tiny(vae={"latent_channels": 8}), out, progress=False)
 
 
 # ----------------------------------------------------------------------------- load errors
@@ -163,32 +138,36 @@ def test_load_errors(run: tuple[Path, dict], tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- config
 
 
-def test_config_errors() -> None:
+def test_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key train\.stepz"):
-        vae_config({"train": {"stepz": 3}})
-    with pytest.raises(ConfigError, match="diffusion recipe"):
-        load_vae_recipe("shapes")
+        VAEConfig.from_dict({"train": {"stepz": 3}})
+    with pytest.raises(ConfigError, match=r"unknown key vae\.stepz"):
+        load_recipe("vae-shapes", ["vae.stepz=3"])
+    with pytest.raises(ConfigError, match=r"shapes\.toml is a diffusion recipe: train it with "
+                                          r"`inkfuse train shapes`"):
+        load_recipe("shapes", kind="vae")
     with pytest.raises(ConfigError, match=r"divisible by vae\.down_factor = 8"):
-        vae_config({"data": {"size": 28}, "vae": {"down_factor": 8}})
+        VAEConfig.from_dict({"data": {"size": 28}, "vae": {"down_factor": 8}})
     with pytest.raises(ConfigError, match="needs channel_mult with 4 entries"):
-        vae_config({"vae": {"down_factor": 8, "channel_mult": [1, 2, 2]}})
+        VAEConfig.from_dict({"vae": {"down_factor": 8, "channel_mult": [1, 2, 2]}})
     with pytest.raises(ConfigError, match="1-channel"):
-        train_vae(tiny(train={"perceptual_weight": 1.0}), "never-written", progress=False)
+        train(tiny(vae={"perceptual_weight": 1.0}), tmp_path / "never-written", progress=False)
+    assert not (tmp_path / "never-written").exists()
 
 
 @pytest.mark.parametrize(("recipe", "latents"), [("vae-shapes", [4, 16, 16]),
                                                  ("vae-fashion-mnist", [4, 8, 8])])
 def test_recipes_describe_their_latents(recipe: str, latents: list[int]) -> None:
-    cfg = load_vae_recipe(recipe)
+    cfg = load_recipe(recipe, kind="vae")
     side = (cfg.data.size + 2 * cfg.vae.pad) // cfg.vae.down_factor
     assert [cfg.vae.latent_channels, side, side] == latents
 
 
 def test_fashion_mnist_with_the_perceptual_term(shared_data: Path, tmp_path: Path) -> None:
-    cfg = load_vae_recipe("vae-fashion-mnist", [
+    cfg = load_recipe("vae-fashion-mnist", [
         "data.limit=64", "vae.base_channels=8", "train.steps=2", "train.batch_size=8",
-        "train.eval_count=16", "train.perceptual_weight=0.1", "train.max_minutes=0"])
-    metrics = train_vae(cfg, tmp_path / "fm", progress=False)
+        "vae.eval_count=16", "vae.perceptual_weight=0.1", "train.max_minutes=0"])
+    metrics = train_vae(cfg, tmp_path / "fm")
     assert metrics["latent_shape"] == [4, 8, 8] and math.isfinite(metrics["psnr"])
     log = json.loads((tmp_path / "fm" / "log.jsonl").read_text().splitlines()[-1])
     assert log["perceptual"] > 0

@@ -20,6 +20,10 @@ from inkfuse.errors import ConfigError, DataError
 EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _BROKEN = (OSError, SyntaxError, ValueError)  # what PIL raises for unreadable or truncated files
+_WIDE = ("I;16", "I;16B", "I;16L", "I", "F")  # more than 8 bits per pixel: scaled, not clipped
+# An image whose header claims more pixels than this is refused before it is decoded: a PNG of a
+# few kilobytes can claim 70000 x 70000 and need gigabytes (a decompression bomb).
+MAX_PIXELS = 64 * 1024 * 1024
 
 
 def _open(path: Path) -> Image.Image:
@@ -27,9 +31,25 @@ def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise DataError(f"image {path} not found; check the path")
     try:
-        return Image.open(path)
+        image = Image.open(path)
+    except Image.DecompressionBombError:
+        image = None
     except _BROKEN as e:
         raise DataError(f"{path} is not a readable image ({e}); delete or replace it") from None
+    if image is None or image.width * image.height > MAX_PIXELS:
+        raise DataError(f"{path} claims more than {MAX_PIXELS:,} pixels; "
+                        "resize it to a few thousand pixels a side")
+    return image
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and float greyscale to 8 bits by scaling the full range of the type (65535 or
+    1.0 -> 255), where PIL's own conversion would clip everything above 255 to white."""
+    if image.mode not in _WIDE:
+        return image
+    x = np.asarray(image).astype(np.float64)
+    top = 1.0 if image.mode == "F" else 65535.0 if x.max() > 255 or "16" in image.mode else 255.0
+    return Image.fromarray(np.clip(np.rint(x * (255.0 / top)), 0, 255).astype(np.uint8), "L")
 
 
 def load_image(path: str | Path, size: int | None = None, channels: int = 3) -> torch.Tensor:
@@ -43,7 +63,7 @@ def load_image(path: str | Path, size: int | None = None, channels: int = 3) -> 
         if size:
             image.draft(mode, (size, size))  # JPEG: decode at a reduced scale that is still >= size
         try:
-            pixels = np.array(image.convert(mode))
+            pixels = np.array(_to_8bit(image).convert(mode))
         except _BROKEN as e:
             raise DataError(f"{path} is corrupt or truncated ({e}); delete or replace it") from None
     x = torch.from_numpy(pixels).view(*pixels.shape[:2], channels).permute(2, 0, 1)

@@ -105,7 +105,7 @@ def _pick(options: tuple, u: float):
 
 
 def _random_spec(rng: np.random.Generator) -> ShapeSpec:
-    u = rng.random(7)  # one draw per object: ~10x faster than one per attribute, same distribution
+    u = rng.random(7)  # one RNG call per object, not one per attribute: same distribution
     size = _pick(tuple(SIZES), u[2])
     r = SIZES[size]
     x, y = (

@@ -6,11 +6,17 @@ linear embedding. Text may also bring per-token features (`tokens`, with `mask` 
 tokens) for the U-Net to cross-attend to. `drop` marks the samples that see the model's null
 condition instead: training drops at random (the Bernoulli mask of classifier-free guidance),
 sampling drops all of the unconditional branch.
+
+The null condition is the model's business only in one case: class and context models learn a
+null embedding, so the network reads `drop` itself. Text models use the empty prompt's encoding
+as their null (as Stable Diffusion does), which comes from the frozen text encoder and not from
+the weights; `with_null` writes it into the dropped rows before the network sees the batch, so
+the network only ever sees tensors and never holds a text encoder's output.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +63,26 @@ class Condition:
         u = torch.rand(len(self), generator=generator, device=self.drop.device)
         return self._with(self.drop | (u < p))
 
+    def with_null(self, null: Condition) -> Condition:
+        """Dropped rows replaced by `null` (one row: the empty prompt's encoding), none dropped.
+
+        Token features and mask are zero-padded, or cut, to this batch's token length first, so
+        that one null fits batches of any padded length; zero mask entries keep the padding out
+        of cross-attention. The low-res image of super-resolution is kept, never dropped."""
+        d = self.drop
+        return Condition(_pick(d, self.vector, null.vector), torch.zeros_like(d),
+                         _pick(d, self.tokens, null.tokens, seq=True),
+                         _pick(d, self.mask, null.mask, seq=True), self.low_res, self.low_res_t)
+
+    def expand(self, n: int) -> Condition:
+        """A one-row condition as n rows (views, no copies): the null of an unconditional call."""
+        return self._map(lambda t: t.expand(n, *t.shape[1:]))
+
+    def inputs(self) -> dict[str, Tensor]:
+        """The tensors a network reads, as keyword arguments named like the fields (unset
+        fields left out): networks take tensors, not this class, so they stay below it."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
     def _map(self, fn) -> Condition:
         keep = lambda t: None if t is None else fn(t)  # noqa: E731
         return Condition(keep(self.vector), fn(self.drop), keep(self.tokens), keep(self.mask),
@@ -76,3 +102,21 @@ class Condition:
 
         return Condition(join("vector"), join("drop"), join("tokens"), join("mask"),
                          join("low_res"), join("low_res_t"))
+
+
+def _pick(drop: Tensor, value: Tensor | None, null: Tensor | None,
+          seq: bool = False) -> Tensor | None:
+    """`value` [B, ...] with the rows where `drop` [B] is set taken from `null` [1, ...]."""
+    if value is None:
+        return None
+    if null is None:
+        raise ValueError("the null condition lacks a part that the batch has (pooled vector or "
+                         "tokens): encode the empty prompt with the same text conditioner")
+    null = null[0].to(value.device)
+    if seq:  # tokens [L, W] and mask [L]: zero-pad (or cut padding) to the batch's length
+        fitted = null.new_zeros((value.shape[1], *null.shape[1:]))
+        n = min(len(null), value.shape[1])
+        fitted[:n] = null[:n]
+        null = fitted
+    d = drop.reshape(-1, *[1] * (value.ndim - 1))
+    return torch.where(d, null.to(value.dtype), value)

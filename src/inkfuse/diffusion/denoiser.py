@@ -1,17 +1,22 @@
-"""The network as the samplers see it: x_t, t, condition in; a prediction of x_0 and ε out.
+"""The network under its parameterisation: what training regresses and what samplers read.
 
 Networks are trained to output ε, x_0 or v (Salimans & Ho 2022, v = sqrt(ᾱ) ε − sqrt(1−ᾱ) x_0).
-All three are linear in each other given x_t, so `Denoiser` converts once and every sampler
-works with `Prediction(x0, eps)` without branching on the target.
+All three are linear in each other given x_t, so `Denoiser` converts once: its `loss` forms
+x_t and regresses the target, its call turns the output into `Prediction(x0, eps)` for every
+sampler, and the two cannot disagree about the target or the null condition (as EDM's
+`EDMPrecond` serves both `EDMLoss` and the samplers, Karras et al. 2022).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+import torch
+from torch import Tensor
 
 from inkfuse.diffusion.conditioning import Condition
+from inkfuse.diffusion.objectives import loss_weight
 from inkfuse.diffusion.schedule import Schedule, _expand
 
 TARGETS = ("eps", "x0", "v")
@@ -44,23 +49,60 @@ def to_prediction(target: str, out: Tensor, x: Tensor, a: Tensor, s: Tensor) -> 
 
 
 class Denoiser:
-    """Wraps (network, schedule, target) into `denoiser(x_t, t, cond) -> Prediction`.
+    """Wraps (network, schedule, target) into `denoiser(x_t, t, cond) -> Prediction` and
+    `denoiser.loss(x0, cond) -> Tensor`.
+
+    `net(x, t, **tensors)` is any callable module (a U-Net, or its DDP or compiled wrapper); it
+    receives the condition as the keyword tensors of `Condition.inputs`, and nothing when there
+    is no condition.
+
+    `null` is the empty prompt's encoding (one row) for text models, whose null condition is
+    not learned: dropped rows, and every row of an unconditional call, become it before the
+    network runs, in training and sampling alike. Class and context models leave it None and
+    read `drop` with their learned null embedding.
 
     `clip` clamps the predicted x_0 to [-clip, clip] (pixel data lives in [-1, 1]) and
     recomputes ε from the clamped x_0, which stabilises few-step sampling of pixel models; set it
-    to None for latent models whose values are unbounded.
+    to None for latent models whose values are unbounded. Training never clips.
     """
 
-    def __init__(self, net: nn.Module, schedule: Schedule, target: str = "eps",
-                 clip: float | None = 1.0):
+    def __init__(self, net: Callable[..., Tensor], schedule: Schedule, target: str = "eps",
+                 clip: float | None = 1.0, null: Condition | None = None):
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
         self.net, self.schedule, self.target, self.clip = net, schedule, target, clip
+        self.null = null
+
+    def inputs(self, cond: Condition | None, batch: int) -> dict[str, Tensor]:
+        """The network's keyword tensors for `cond` on a batch of `batch` samples."""
+        if self.null is None:
+            return {} if cond is None else cond.inputs()
+        cond = self.null.expand(batch) if cond is None else cond.with_null(self.null)
+        # every row now holds a prompt: no drop mask is left for the network to read
+        return {k: v for k, v in cond.inputs().items() if k != "drop"}
 
     def __call__(self, x: Tensor, t: Tensor, cond: Condition | None = None) -> Prediction:
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        out = self.net(x, t, cond).to(x.dtype)
+        out = self.net(x, t, **self.inputs(cond, x.shape[0])).to(x.dtype)
         a, s = coefficients(self.schedule, t, x)
         pred = to_prediction(self.target, out, x, a, s)
         if self.clip is not None:
             x0 = pred.x0.clamp(-self.clip, self.clip)
             pred = Prediction(x0, (x - a * x0) / s)
         return pred
+
+    def loss(self, x0: Tensor, cond: Condition | None, *, weighting: str = "none",
+             gamma: float = 5.0, generator: torch.Generator | None = None) -> Tensor:
+        """Sample t ~ U{0..T-1}, then ε ~ N(0, I) (in this order, from `generator`, so that a
+        seeded step draws the same noise), form x_t and return the weighted target MSE (see
+        `loss_weight`), averaged over the batch."""
+        b = x0.shape[0]
+        t = torch.randint(0, self.schedule.T, (b,), generator=generator, device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        a, s = coefficients(self.schedule, t, x0)
+        x_t = self.schedule.q_sample(x0, t, eps)  # [B, C, H, W] = a x0 + s ε
+        out = self.net(x_t, t, **self.inputs(cond, b))
+        # the target and the MSE in float32, whatever precision autocast ran the network in
+        mse = (out.float() - training_target(self.target, x0, eps, a, s)).pow(2).flatten(1).mean(1)
+        weight = loss_weight(self.schedule.snr(t).to(mse), self.target, weighting, gamma)
+        return (weight * mse).mean()

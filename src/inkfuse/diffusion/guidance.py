@@ -3,6 +3,10 @@
 Convention: ε̂ = ε_u + w (ε_c − ε_u). w = 0 is unconditional, w = 1 plain conditional sampling,
 w > 1 pushes samples towards the condition. The DLI course writes (1 + w') ε_c − w' ε_u, which is
 the same thing with w = 1 + w'. Both branches run in one batched forward pass.
+
+The unconditional branch is the same condition with every row marked dropped; what a dropped row
+reads (a learned null embedding, or the empty prompt that `Denoiser` substitutes) is decided
+below guidance, identically to training.
 """
 
 from __future__ import annotations

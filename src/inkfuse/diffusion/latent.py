@@ -11,12 +11,9 @@ diffusion does; editing encodes with the posterior mean.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
-
-from inkfuse.io import copy_files
 
 
 @dataclass
@@ -52,20 +49,3 @@ class LatentSpace:
             means.append(posterior.mean * self.scale)
             stds.append(posterior.std * self.scale)
         return torch.cat(means), torch.cat(stds)
-
-
-def load_latent_space(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentSpace:
-    from inkfuse.train.vae import load_vae
-
-    vae = load_vae(run_dir, device)
-    vae.requires_grad_(False)
-    return LatentSpace(vae)
-
-
-def copy_vae(src: str | Path, dst: Path) -> None:
-    """Copy a VAE run into `dst` (refusing a broken one first), so the diffusion run keeps the
-    decoder its latents need."""
-    from inkfuse.train.vae import META, WEIGHTS, load_vae
-
-    load_vae(src)
-    copy_files(src, dst, (WEIGHTS, META))

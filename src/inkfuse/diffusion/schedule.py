@@ -111,8 +111,11 @@ def timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
 
     `leading` (DDIM paper: 0, k, 2k…, never reaching T-1), `trailing` (Lin et al. 2024, "Common
     diffusion noise schedules and sample steps are flawed": starts at T-1 so the first step sees
-    pure noise), `linspace` (evenly spaced from T-1 to 0, rounded). The fractional `karras` grid
-    needs the schedule, not just T: see `karras_timesteps` / `timestep_grid`.
+    pure noise), `linspace` (evenly spaced from T-1 to 0: i (T − 1) / (N − 1) rounded half to
+    even, numpy's rule and so diffusers' `linspace` spacing; computed exactly in integers, since
+    in floating point an exact tie such as 499.5 may land an ulp low and round the wrong way).
+    The fractional `karras` grid needs the schedule, not just T: see `karras_timesteps` /
+    `timestep_grid`.
     """
     if not 1 <= steps <= T:
         raise ConfigError(f"steps = {steps} must be between 1 and the model's T = {T}")
@@ -121,7 +124,7 @@ def timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
     elif spacing == "trailing":
         ts = [round(T - i * T / steps) - 1 for i in range(steps)]
     elif spacing == "linspace":
-        ts = torch.linspace(0, T - 1, steps).round().long().tolist()
+        ts = [_round_half_even(i * (T - 1), max(steps - 1, 1)) for i in range(steps)]
     elif spacing == "karras":
         raise ConfigError("karras spacing needs the schedule: use karras_timesteps(schedule, "
                           "steps) or timestep_grid(schedule, steps, 'karras')")
@@ -129,6 +132,12 @@ def timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
         raise ConfigError(f"unknown timestep spacing {spacing!r} "
                           f"(use {', '.join(SPACINGS)})")
     return sorted(set(ts), reverse=True)
+
+
+def _round_half_even(num: int, den: int) -> int:
+    """num / den (den > 0) rounded to the nearest integer, ties to the even one: exact."""
+    q, r = divmod(num, den)
+    return q + int(2 * r > den or (2 * r == den and q % 2 == 1))
 
 
 def karras_timesteps(schedule: Schedule, steps: int, rho: float = 7.0, *,
@@ -163,8 +172,8 @@ def karras_timesteps(schedule: Schedule, steps: int, rho: float = 7.0, *,
 
 SPACINGS = ("leading", "trailing", "linspace", "karras")
 # EDM's σ_max. VP schedules end far higher (cosine: σ ≈ 2·10⁴), and a Karras grid spanning that
-# spends its first steps on noise levels where x_0 is invisible anyway: measured, Heun at 10 steps
-# on a cosine model is 10x more accurate with the cap (tests/diffusion/test_samplers.py).
+# spends its first steps on noise levels where x_0 is invisible anyway, and gives Euler/Heun a
+# first step across a huge σ ratio, which they take poorly.
 KARRAS_SIGMA_MAX = 80.0
 
 

@@ -5,40 +5,33 @@ accuracy and FD_cls for MNIST and Fashion-MNIST, and the shapes checker.
     evaluate("runs/mnist", ["fid", "accuracy", "fd_cls"], n=1000)
 """
 
-from inkfuse.metrics.classifier import Classifier, load_classifier
-from inkfuse.metrics.cli import add_eval_parser
-from inkfuse.metrics.domain import class_accuracy, fd_cls
-from inkfuse.metrics.evaluation import (
-    METRICS,
-    evaluate,
-    evaluate_images,
-    evaluate_npz,
-    parse_metrics,
-)
-from inkfuse.metrics.fid import (
-    ReferenceStats,
-    feature_stats,
-    fid_from_features,
-    fid_from_npz,
-    frechet_distance,
-    inception_features,
-    kid,
-    load_inception,
-    precision_recall,
-    reference_stats,
-)
-from inkfuse.metrics.shapes_check import (
-    DetectedShape,
-    attribute_accuracy,
-    check,
-    detect,
-    kind_accuracy,
-)
+from inkfuse.lazy import lazy_names
 
-__all__ = [
-    "METRICS", "Classifier", "DetectedShape", "ReferenceStats", "add_eval_parser",
-    "attribute_accuracy", "check", "class_accuracy", "detect", "evaluate", "evaluate_images",
-    "evaluate_npz", "fd_cls", "feature_stats", "fid_from_features", "fid_from_npz",
-    "frechet_distance", "inception_features", "kid", "kind_accuracy", "load_classifier",
-    "load_inception", "parse_metrics", "precision_recall", "reference_stats",
-]
+_NAMES = {
+    "Classifier": "inkfuse.metrics.classifier",
+    "load_classifier": "inkfuse.metrics.classifier",
+    "class_accuracy": "inkfuse.metrics.domain",
+    "fd_cls": "inkfuse.metrics.domain",
+    "METRICS": "inkfuse.metrics.evaluation",
+    "evaluate": "inkfuse.metrics.evaluation",
+    "evaluate_images": "inkfuse.metrics.evaluation",
+    "evaluate_npz": "inkfuse.metrics.evaluation",
+    "parse_metrics": "inkfuse.metrics.evaluation",
+    "ReferenceStats": "inkfuse.metrics.fid",
+    "feature_stats": "inkfuse.metrics.fid",
+    "fid_from_features": "inkfuse.metrics.fid",
+    "fid_from_npz": "inkfuse.metrics.fid",
+    "frechet_distance": "inkfuse.metrics.fid",
+    "inception_features": "inkfuse.metrics.fid",
+    "kid": "inkfuse.metrics.fid",
+    "load_inception": "inkfuse.metrics.fid",
+    "precision_recall": "inkfuse.metrics.fid",
+    "reference_stats": "inkfuse.metrics.fid",
+    "DetectedShape": "inkfuse.metrics.shapes_check",
+    "attribute_accuracy": "inkfuse.metrics.shapes_check",
+    "check": "inkfuse.metrics.shapes_check",
+    "detect": "inkfuse.metrics.shapes_check",
+    "kind_accuracy": "inkfuse.metrics.shapes_check",
+}
+__all__ = sorted(_NAMES)
+__getattr__ = lazy_names(__name__, _NAMES)

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from inkfuse.config import DataConfig
+from inkfuse.data import build_dataset
 from inkfuse.errors import DataError
 from inkfuse.metrics import classifier as cls
 from inkfuse.metrics.fid import feature_stats, frechet_distance
@@ -23,9 +25,6 @@ from inkfuse.metrics.fid import feature_stats, frechet_distance
 
 @functools.lru_cache(maxsize=4)
 def _real_stats(dataset: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from inkfuse.config import DataConfig
-    from inkfuse.data import build_dataset
-
     test = build_dataset(DataConfig(name=dataset, split="test", size=cls.INPUT_SIZE,
                                     labels="none", limit=n))
     feats = cls.features(cls.load_classifier(dataset), test.images).double().numpy()

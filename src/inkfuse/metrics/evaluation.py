@@ -24,9 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from inkfuse.config import DataConfig
+from inkfuse import pipelines, viz
+from inkfuse.config import DataConfig, from_dict
 from inkfuse.errors import ConfigError, DataError
 from inkfuse.metrics import classifier, fid
+from inkfuse.metrics.domain import class_accuracy, fd_cls
+from inkfuse.metrics.shapes_check import kind_accuracy
 
 METRICS = ("fid", "kid", "pr", "accuracy", "fd_cls")
 _INCEPTION_METRICS = ("fid", "kid", "pr")
@@ -104,16 +107,10 @@ def evaluate_images(
             results["precision"], results["recall"] = fid.precision_recall(real, feats)
     if "accuracy" in names:
         if data.name == "shapes":
-            from inkfuse.metrics.shapes_check import kind_accuracy
-
             results["accuracy"] = kind_accuracy(x, labels, max_objects=data.max_objects)
         else:
-            from inkfuse.metrics.domain import class_accuracy
-
             results["accuracy"] = class_accuracy(x, labels, data.name)
     if "fd_cls" in names:
-        from inkfuse.metrics.domain import fd_cls
-
         results["fd_cls"] = fd_cls(x, data.name, reference_n)
     return results
 
@@ -131,8 +128,6 @@ def evaluate(
 
     Returns {"fid": ..., "kid": ..., "kid_std": ..., "precision": ..., "recall": ...,
     "accuracy": ..., "fd_cls": ...} (those asked) plus the settings used."""
-    from inkfuse import pipelines, viz
-
     names = parse_metrics(metrics)
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"--n must be a positive integer, got {n!r}")
@@ -147,8 +142,11 @@ def evaluate(
     settings = {
         "sampler": sampler or s.sampler, "steps": steps or s.steps,
         "guidance": s.guidance if guidance is None else guidance,
-        "eta": s.eta if eta is None else eta,
     }
+    # the recipe's eta where the sampler takes one (ddim); an --eta it does not take is an error
+    settings |= pipelines.recipe_options(run, settings["sampler"])
+    if eta is not None:
+        settings["eta"] = eta
     if settings["guidance"] < 0:
         raise ConfigError(f"--guidance must be >= 0, got {settings['guidance']}")
     labels = torch.arange(n) % cfg.model.cond_dim if class_labels else None
@@ -177,8 +175,6 @@ def evaluate_npz(
     images, labels = fid.load_npz_images(path)
     try:
         data = DataConfig(name=dataset, size=images.shape[-1], max_objects=max_objects)
-        from inkfuse.config import from_dict
-
         data = from_dict({"data": vars(data)}, source="--dataset").data
     except ConfigError as e:
         raise ConfigError(f"--dataset: {e}") from None

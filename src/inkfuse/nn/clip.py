@@ -18,28 +18,13 @@ per-token features (`encode_text_tokens`) are what a text-conditioned U-Net cros
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-
-@dataclass
-class ClipModelConfig:
-    """Everything needed to rebuild the network; stored in `clip.json` beside the weights."""
-
-    image_size: int = 32
-    in_channels: int = 3
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    groups: int = 8
-    vocab_size: int = 512
-    context_length: int = 32
-    width: int = 128
-    layers: int = 3
-    heads: int = 4
-    embed_dim: int = 128
+from inkfuse.config import ClipModelConfig
 
 
 class ImageEncoder(nn.Module):

@@ -13,8 +13,11 @@ training time (benchmarks/README.md).
 
 The step t and the condition enter as one embedding vector that scales and shifts the features of
 every ResBlock. Text may also enter as token features that the attention levels cross-attend to
-(`token_dim > 0`). The null condition of classifier-free guidance is a learned embedding for
-classes and context vectors, and for text the encoding of the empty prompt (`set_null_text`).
+(`token_dim > 0`). The network sees only tensors, so that it stays below the diffusion code that
+builds conditions. The null condition of classifier-free guidance is a learned embedding for
+classes and context vectors, selected per row by `drop`; for text it is the encoding of the empty
+prompt, which comes from the frozen text encoder rather than these weights, so the caller
+(`diffusion.Denoiser`) writes it into the dropped rows and the network never tells them apart.
 
 A super-resolution model (`low_res_channels > 0`, cascaded diffusion, Ho et al. 2021) reads the
 enlarged low-res image as extra input channels and embeds its noise level like a second step.
@@ -29,7 +32,6 @@ import torch
 from torch import Tensor, nn
 
 from inkfuse.config import ModelConfig
-from inkfuse.diffusion.conditioning import Condition
 from inkfuse.nn.blocks import (
     Attention,
     CrossAttention,
@@ -63,8 +65,6 @@ class UNet(nn.Module):
         self.cond_embed = nn.Linear(cfg.cond_dim, emb_dim) if cfg.cond_dim else None
         self.null_embed = (nn.Parameter(torch.zeros(emb_dim))
                            if cfg.cond_dim and cfg.null_condition == "learned" else None)
-        for name in ("null_vector", "null_tokens", "null_mask"):  # filled by set_null_text
-            self.register_buffer(name, None, persistent=False)
         if self.time_embed is None and self.cond_embed is None and self.low_res_embed is None:
             emb_dim = 0
 
@@ -112,70 +112,62 @@ class UNet(nn.Module):
         self.out = nn.Sequential(make_norm(cfg.norm, c, cfg.groups), make_act(cfg.activation),
                                  nn.Conv2d(c, cfg.in_channels, 3, padding=1))
 
-    def set_null_text(self, vector: Tensor | None, tokens: Tensor | None,
-                      mask: Tensor | None) -> None:
-        """The empty prompt's encoding ([K], [L, W], [L]): what a dropped text condition becomes.
-
-        It comes from the frozen text encoder, so it is not saved with the weights; buffers so
-        that it moves with the model to its device."""
-        for name, value in (("null_vector", vector), ("null_tokens", tokens), ("null_mask", mask)):
-            self.register_buffer(name, value, persistent=False)
-
-    def condition(self, cond: Condition | None, batch: int) -> Condition | None:
-        """Dropped rows replaced by the empty prompt's encoding (text models only)."""
-        if self.cfg.null_condition == "learned":
-            return cond
-        if self.null_mask is None and self.null_vector is None:
-            raise RuntimeError("a text-conditioned U-Net needs set_null_text(...) before use")
-        if cond is None:  # an unconditional call: the empty prompt for every sample
-            null = lambda t: None if t is None else t.expand(batch, *t.shape)  # noqa: E731
-            return Condition(null(self.null_vector), torch.zeros(batch, dtype=torch.bool,
-                             device=self.conv_in.weight.device),
-                             null(self.null_tokens), null(self.null_mask))
-
-        def pick(value: Tensor | None, null: Tensor | None, seq: bool = False) -> Tensor | None:
-            if value is None:
-                return None
-            if seq:  # tokens and mask: zero-pad (or cut padding) to the batch's length
-                fitted = null.new_zeros((value.shape[1], *null.shape[1:]))
-                n = min(len(null), value.shape[1])
-                fitted[:n] = null[:n]
-                null = fitted
-            d = cond.drop.reshape(-1, *[1] * (value.ndim - 1))
-            return torch.where(d, null.to(value.dtype), value)
-
-        return Condition(pick(cond.vector, self.null_vector), torch.zeros_like(cond.drop),
-                         pick(cond.tokens, self.null_tokens, True),
-                         pick(cond.mask, self.null_mask, True))
-
-    def embed(self, t: Tensor | None, cond: Condition | None, batch: int) -> Tensor | None:
-        """Sum of the time embedding and the condition (or learned null) embedding."""
+    def embed(self, t: Tensor | None, vector: Tensor | None, drop: Tensor | None,
+              low_res_t: Tensor | None, batch: int) -> Tensor | None:
+        """Sum of the time embedding, the condition (or learned null) embedding and the low-res
+        noise level's embedding: [B, 4 · base_channels], or None for a network with none."""
         emb = None
         if self.time_embed is not None and t is not None:
             emb = self.time_embed(t)
         if self.cond_embed is not None:
-            if cond is None:  # an unconditional call on a class-conditional model: all null
+            if vector is None:  # an unconditional call on a class-conditional model: all null
+                if self.null_embed is None:
+                    raise ValueError("this U-Net's null condition is the empty prompt, not a "
+                                     "learned embedding: give its encoding as `vector` "
+                                     "(Denoiser(..., null=...) does)")
                 c = self.null_embed.expand(batch, -1)
-            elif self.null_embed is None:
-                c = self.cond_embed(cond.vector)
             else:
-                c = torch.where(cond.drop[:, None], self.null_embed.to(cond.vector.dtype),
-                                self.cond_embed(cond.vector))
+                c = self.cond_embed(vector)
+                if self.null_embed is not None and drop is not None:
+                    c = torch.where(drop[:, None], self.null_embed.to(vector.dtype), c)
             emb = c if emb is None else emb + c
         if self.low_res_embed is not None:
-            e = self.low_res_embed(cond.low_res_t)
+            e = self.low_res_embed(low_res_t)
             emb = e if emb is None else emb + e
         return emb
 
-    def forward(self, x: Tensor, t: Tensor | None = None, cond: Condition | None = None) -> Tensor:
-        cond = self.condition(cond, x.shape[0])
+    def forward(self, x: Tensor, t: Tensor | None = None, *, vector: Tensor | None = None,
+                drop: Tensor | None = None, tokens: Tensor | None = None,
+                mask: Tensor | None = None, low_res: Tensor | None = None,
+                low_res_t: Tensor | None = None) -> Tensor:
+        """The trained target (ε, x_0 or v) for x [B, C, H, W] at steps t [B].
+
+        vector [B, K]: one-hot class, context or pooled text embedding; left out, a class or
+        context model reads its learned null for every row. drop [B] bool: the rows that read
+        the learned null instead of their vector (None: none). A text model has no learned null
+        and refuses `drop`, so that a forgotten null cannot pass silently: its dropped rows
+        must already hold the empty prompt. tokens [B, L, W] and mask [B, L] (True = a real
+        token): the text that cross-attention reads.
+        low_res [B, C, H, W] and low_res_t [B]: a super-resolution model's enlarged, noised
+        low-res image and the step of its noise. Keyword names match `Condition`'s fields.
+        """
+        reads_condition = self.cond_embed is not None or self.cfg.token_dim > 0
+        if drop is not None and reads_condition and self.null_embed is None:
+            raise ValueError("this U-Net has no learned null condition: give the empty prompt's "
+                             "encoding in the dropped rows, and no `drop` (Denoiser(..., "
+                             "null=...) does)")
         if self.cfg.low_res_channels:  # super-resolution: the enlarged low-res image beside x
-            if cond is None or cond.low_res is None:
-                raise ValueError("a super-resolution U-Net needs the low-res image "
-                                 "(Condition.low_res)")
-            x = torch.cat([x, cond.low_res.to(x.dtype)], dim=1)
-        emb = self.embed(t, cond, x.shape[0])
-        text = (cond.tokens, cond.mask) if self.cfg.token_dim else None
+            if low_res is None or low_res_t is None:
+                raise ValueError("a super-resolution U-Net needs the low-res image and its noise "
+                                 "step (Condition.low_res, low_res_t)")
+            x = torch.cat([x, low_res.to(x.dtype)], dim=1)
+        text = None
+        if self.cfg.token_dim:
+            if tokens is None or mask is None:
+                raise ValueError("this U-Net cross-attends to text: give tokens and mask (the "
+                                 "empty prompt's for no text: Denoiser(..., null=...) does)")
+            text = (tokens, mask)
+        emb = self.embed(t, vector, drop, low_res_t, x.shape[0])
         h = self.conv_in(x)
         skips = [h]
         for layer in self.down:

@@ -29,38 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from inkfuse.config import bounded, choice, listed
+from inkfuse.config import VAEModelConfig
 from inkfuse.nn.blocks import Attention, ResBlock, make_act, make_down, make_norm, make_up
-
-# Stable Diffusion's widths for a factor of 8; one level fewer for 4
-DEFAULT_CHANNEL_MULT = {4: [1, 2, 2], 8: [1, 2, 4, 4]}
-
-
-@dataclass
-class VAEModelConfig:
-    """The `[vae]` table of a VAE recipe, and (resolved) the architecture stored in `vae.json`."""
-
-    in_channels: int = bounded(0, 0, 64, doc="0 = from the data")
-    down_factor: int = choice(4, 4, 8, doc="image side / latent side")
-    latent_channels: int = bounded(4, 1, 256)
-    base_channels: int = bounded(64, 4, 4096)
-    channel_mult: list[int] = listed(
-        [], doc="width multipliers, one per level: 3 for down_factor 4, 4 for 8 "
-                "(empty = [1, 2, 2] or [1, 2, 4, 4])")
-    blocks_per_level: int = bounded(1, 1, 8)
-    attention: bool = False
-    head_dim: int = bounded(32, 4, 1024, doc="attention head width (with attention = true)")
-    groups: int = bounded(8, 1, 256, doc="GroupNorm groups")
-    pad: int = bounded(0, 0, 64, doc="black border added before encoding, cropped after decoding")
-
-    def widths(self) -> list[int]:
-        """Channels per level, checked against the down factor."""
-        mult = self.channel_mult or DEFAULT_CHANNEL_MULT[self.down_factor]
-        levels = DEFAULT_CHANNEL_MULT[self.down_factor]
-        if len(mult) != len(levels):
-            raise ValueError(f"down_factor {self.down_factor} needs channel_mult with "
-                             f"{len(levels)} entries, one per level (e.g. {levels}), not {mult}")
-        return [self.base_channels * m for m in mult]
 
 
 @dataclass

@@ -1,5 +1,9 @@
-"""Training: the loop, EMA, checkpoints and resume, DDP under torchrun."""
+"""Training: one loop (`loop`: LR, seeds, accumulation, EMA, NaN stop, logging, checkpoints and
+exact resume, time budget, DDP under torchrun) and one small module per model kind
+(`diffusion`, `vae`, `clip`); `train(recipe, out)` picks the kind from the recipe."""
 
-from inkfuse.train.trainer import train
+from inkfuse.lazy import lazy_names
 
-__all__ = ["train"]
+_NAMES = {"train": "inkfuse.train.trainer"}
+__all__ = sorted(_NAMES)
+__getattr__ = lazy_names(__name__, _NAMES)

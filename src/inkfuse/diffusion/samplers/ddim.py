@@ -3,7 +3,6 @@ deterministic, η = 1 has DDPM's ancestral variance."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -11,7 +10,7 @@ from torch import Tensor
 
 from inkfuse.diffusion.conditioning import Condition
 from inkfuse.diffusion.denoiser import Prediction
-from inkfuse.diffusion.samplers.walk import OnStep, walk
+from inkfuse.diffusion.samplers.walk import DenoiserFn, OnStep, walk
 
 
 def ddim_step(
@@ -25,8 +24,9 @@ def ddim_step(
 
 
 def ddim(
-    denoiser: Callable, x: Tensor, timesteps: Tensor, cond: Condition | None = None, *,
-    eta: float = 0.0, generator: torch.Generator | None = None, on_step: OnStep | None = None,
+    denoiser: DenoiserFn, x: Tensor, grid: Tensor, cond: Condition | None = None, *,
+    generator: torch.Generator | None = None, on_step: OnStep | None = None, eta: float = 0.0,
 ) -> Tensor:
-    return walk(denoiser, x, timesteps, cond, partial(ddim_step, eta=eta), stochastic=eta > 0,
+    """DDIM eq. 12 at every step of `grid`; fresh noise is drawn only when η > 0."""
+    return walk(denoiser, x, grid, cond, partial(ddim_step, eta=eta), stochastic=eta > 0,
                 generator=generator, on_step=on_step)

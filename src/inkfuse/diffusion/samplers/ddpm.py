@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
 from inkfuse.diffusion.conditioning import Condition
 from inkfuse.diffusion.denoiser import Prediction
-from inkfuse.diffusion.samplers.walk import OnStep, walk
+from inkfuse.diffusion.samplers.walk import DenoiserFn, OnStep, walk
 
 
 def ddpm_step(
@@ -31,9 +29,13 @@ def ddpm_step(
 
 
 def ddpm(
-    denoiser: Callable, x: Tensor, timesteps: Tensor, cond: Condition | None = None, *,
-    noise: bool = True, generator: torch.Generator | None = None, on_step: OnStep | None = None,
+    denoiser: DenoiserFn, x: Tensor, grid: Tensor, cond: Condition | None = None, *,
+    generator: torch.Generator | None = None, on_step: OnStep | None = None, noise: bool = True,
 ) -> Tensor:
-    """Sample with fresh Gaussian noise at every step (`noise=False` shows why it matters)."""
-    return walk(denoiser, x, timesteps, cond, ddpm_step, stochastic=noise,
-                generator=generator, on_step=on_step)
+    """x_prev = μ(x_t, x̂_0) + σ z at every step of `grid` (Algorithm 2 lines 3-4).
+
+    `noise=False` drops the fresh z and keeps the posterior mean: the samples collapse to blurry
+    averages, which is why Algorithm 2 draws new noise at every step (a course demo).
+    """
+    return walk(denoiser, x, grid, cond, ddpm_step, stochastic=noise, generator=generator,
+                on_step=on_step)

@@ -1,38 +1,15 @@
-"""Recipes: typed, validated configuration for every part of a run.
-
-A recipe is a TOML file with one table per section (`[data]`, `[model]`, `[diffusion]`,
-`[train]`, `[sample]`, `[text]`). Every key is a dataclass field below; its metadata carries the
-allowed choices or range, so validation is one generic pass and every error is one line that
-names the key, the bad value and what would be accepted. This module never imports torch.
+"""The diffusion recipe: one table per section (`[data]`, `[model]`, `[diffusion]`, `[train]`,
+`[sample]`, `[text]`), each a dataclass below, validated field by field (`core.build_section`)
+and then across fields (`Config.check`). `[data]` and `[train]` are the tables every kind of
+recipe shares (the VAE and CLIP recipes use the same two classes).
 """
 
 from __future__ import annotations
 
-import json
-import tomllib
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
+from inkfuse.config.core import Recipe, bounded, choice, listed
 from inkfuse.errors import ConfigError
-
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-
-
-def choice(default: Any, *options: Any, doc: str = "") -> Any:
-    """A field whose value must be one of `options`."""
-    return field(default=default, metadata={"choices": options, "doc": doc})
-
-
-def bounded(default: Any, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
-    """A numeric field that must lie in [lo, hi] (either end open when None)."""
-    return field(default=default, metadata={"range": (lo, hi), "doc": doc})
-
-
-def listed(default: list, doc: str = "") -> Any:
-    return field(default_factory=lambda: list(default), metadata={"doc": doc})
 
 
 @dataclass
@@ -113,6 +90,8 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
+    """The `[train]` table of every recipe: how `inkfuse.train.loop` runs, whatever it trains."""
+
     steps: int = bounded(2000, 1, None)
     batch_size: int = bounded(64, 1, 1_000_000)
     grad_accum: int = bounded(1, 1, 1024)
@@ -121,7 +100,8 @@ class TrainConfig:
     warmup_steps: int = bounded(100, 0, None)
     weight_decay: float = bounded(0.0, 0.0, 10.0)
     grad_clip: float = bounded(1.0, 0.0, None, doc="max grad norm (0 = off)")
-    ema_decay: float = bounded(0.999, 0.0, 1.0)
+    ema_decay: float = bounded(0.999, 0.0, 1.0, doc="0 = no moving average: the final "
+                                                   "weights are the last step's")
     precision: str = choice("fp32", "fp32", "bf16")
     channels_last: bool = False  # measured slower for small U-Nets on CPU (benchmarks/README.md)
     compile: bool = False
@@ -158,7 +138,9 @@ class TextConfig:
 
 
 @dataclass
-class Config:
+class Config(Recipe):
+    """A diffusion recipe."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -166,79 +148,11 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+    def check(self) -> None:
+        _check_consistency(self)
 
 
-_SECTION_TYPES = {
-    "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig,
-    "train": TrainConfig, "sample": SampleConfig, "text": TextConfig,
-}
-
-
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check `value` against a field's type, allowing int -> float; returns the value."""
-    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (inner,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list of {inner.__name__}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if not isinstance(value, hint):
-        raise ConfigError(f"{key} must be a {hint.__name__}, got {value!r}")
-    return value
-
-
-def _check(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
-    if "choices" in meta and value not in meta["choices"]:
-        options = ", ".join(map(str, meta["choices"]))
-        raise ConfigError(f"{key} = {value!r} is not one of: {options}")
-    if "range" in meta:
-        lo, hi = meta["range"]
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-            raise ConfigError(f"{key} = {value!r} is out of range {span}")
-
-
-def build_section(cls: type, table: dict[str, Any], name: str, source: str) -> Any:
-    """One validated section dataclass from its table: unknown keys, types, choices, ranges."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] in {source} must be a table")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key {name}.{unknown[0]} in {source} "
-                          f"(known keys of [{name}]: {', '.join(known)})")
-    values = {}
-    for key, value in table.items():
-        values[key] = _coerce(f"{name}.{key}", value, known[key].type)
-        _check(f"{name}.{key}", values[key], known[key].metadata)
-    return cls(**values)
-
-
-def from_dict(raw: dict[str, Any], source: str = "recipe") -> Config:
-    """Build and validate a Config from nested dicts (TOML tables or config.json)."""
-    extra = sorted(set(raw) - set(_SECTION_TYPES))
-    if extra:
-        raise ConfigError(
-            f"unknown section [{extra[0]}] in {source} (known: {', '.join(_SECTION_TYPES)})"
-        )
-    config = Config(**{name: build_section(cls, raw.get(name, {}), name, source)
-                       for name, cls in _SECTION_TYPES.items()})
-    _check_consistency(config)
-    return config
+from_dict = Config.from_dict  # a diffusion recipe from nested dicts (TOML tables, config.json)
 
 
 def check_data(d: DataConfig) -> None:
@@ -284,70 +198,3 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("data.labels = 'clip-image' conditions on one embedding per image: "
                           "use text.conditioning = 'pooled'")
 
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse `a.b=value`; the value is read as TOML (numbers, booleans, lists) or else a string."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r} must look like section.key=value, e.g. train.steps=200")
-    key, value = text.split("=", 1)
-    parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set key {key!r} must be section.key, e.g. train.steps")
-    try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value
-    return parts, parsed
-
-
-def resolve_recipe(name_or_path: str | Path) -> Path:
-    """A recipe path, or the name of a built-in recipe (`shapes` -> recipes/shapes.toml)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    builtin = RECIPES_DIR / f"{path.stem if path.suffix == '.toml' else path.name}.toml"
-    if builtin.is_file() and path.parent == Path("."):
-        return builtin
-    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
-    raise ConfigError(f"recipe {str(name_or_path)!r} not found "
-                      f"(give a .toml path or one of: {names})")
-
-
-def read_recipe(name_or_path: str | Path, overrides: typing.Iterable[str] = ()
-                ) -> tuple[dict[str, Any], Path]:
-    """The raw tables of a TOML recipe with `--set` overrides applied, and its path."""
-    path = resolve_recipe(name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"recipe {path} is not valid TOML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read recipe {path}: {e}") from None
-    for text in overrides:
-        (section, key), value = parse_override(text)
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise ConfigError(f"[{section}] in {path} must be a table")
-        raw[section][key] = value
-    return raw, path
-
-
-def load_recipe(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
-    """Read a TOML recipe, apply `--set` overrides, and validate everything."""
-    raw, path = read_recipe(name_or_path, overrides)
-    return from_dict(raw, source=str(path))
-
-
-def replace(config: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of `config` with some fields changed, validated again: replace(c, train={...})."""
-    raw = config.to_dict()
-    for name, values in sections.items():
-        raw[name].update(values)
-    return from_dict(raw, source="replace()")
-
-
-__all__ = [
-    "Config", "ConfigError", "DataConfig", "DiffusionConfig", "ModelConfig", "SampleConfig",
-    "TextConfig", "TrainConfig", "build_section", "check_data", "from_dict", "load_recipe",
-    "parse_override", "read_recipe", "replace", "resolve_recipe",
-]

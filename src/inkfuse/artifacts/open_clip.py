@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inkfuse.artifacts.checkpoint import check_weights
 from inkfuse.errors import CheckpointError, ConfigError
-from inkfuse.train.checkpoint import check_weights
+from inkfuse.text.tokenizer import pack
 
 PREFIX = "open_clip:"
 INSTALL = "pip install 'inkfuse[openclip]'"
@@ -197,21 +198,9 @@ class OpenClipTokenizer:
 
     def batch(self, texts: list[str], context_length: int, *, allow_empty: bool = False
               ) -> tuple[Tensor, Tensor]:
-        """`<sot> tokens <eot> <pad>...` per text: (ids int64 [B, L], mask bool [B, L]), mask
-        marking the real tokens, L = context_length. The empty prompt only if `allow_empty`
-        (classifier-free guidance's null condition)."""
-        ids = torch.full((len(texts), context_length), self.pad, dtype=torch.int64)
-        mask = torch.zeros((len(texts), context_length), dtype=torch.bool)
-        for row, text in enumerate(texts):
-            if not self.tokenizer.clean_fn(text) and not allow_empty:
-                raise ConfigError("the prompt is empty: describe the image, e.g. 'a red circle'")
-            tokens = [self.sot, *self.tokenizer.encode(text), self.eot]
-            if len(tokens) > context_length:
-                raise ConfigError(f"prompt is {len(tokens)} tokens, the model reads at most "
-                                  f"{context_length}: shorten it")
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-            mask[row, : len(tokens)] = True
-        return ids, mask
+        """As `BPETokenizer.batch`: (ids int64 [B, L], mask bool [B, L])."""
+        return pack(texts, context_length, self.tokenizer.encode, self.tokenizer.clean_fn,
+                    sot=self.sot, eot=self.eot, pad=self.pad, allow_empty=allow_empty)
 
 
 # ----------------------------------------------------------------------------- loading

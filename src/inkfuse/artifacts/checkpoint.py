@@ -2,7 +2,9 @@
 
 A checkpoint is the folder `RUN/checkpoint/`:
     model.safetensors   the trained weights          ema.safetensors   their moving average
-    trainer.safetensors optimizer moments, RNG states state.json       step, data position, …
+    trainer.safetensors AdamW's moments              state.json        step, AdamW's scalars,
+                                                                       the recipe
+(a run without EMA keeps the weights themselves in ema.safetensors: what an EMA of decay 0 is).
 It is first written in full to `checkpoint.tmp/`, then swapped in with two renames; a crash
 between them leaves `checkpoint.old/`, which `load` falls back to. So at every instant the run
 dir holds one complete checkpoint.

@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inkfuse.clip.pretrained import import_open_clip
-from inkfuse.clip.train import embed_images, embed_texts, load_clip
+from inkfuse.artifacts.clip import load_clip
+from inkfuse.artifacts.open_clip import import_open_clip
 from inkfuse.errors import CheckpointError, ConfigError
+from inkfuse.metrics.clip import embed_images, embed_texts
 
 try:  # not pytest.importorskip: import_open_clip also copes with a CUDA-built torchvision
     open_clip = import_open_clip()

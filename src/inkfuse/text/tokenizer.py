@@ -17,7 +17,7 @@ import itertools
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -30,7 +30,10 @@ SPECIALS = ("<sot>", "<eot>", "<pad>")
 # letters, digits, punctuation (with an optional leading space), then whitespace; covers every
 # character, so joining the chunks gives back the text
 _CHUNK = re.compile(r" ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+")
-_WORD = re.compile(r"[^\W\d_]+|\d+")
+# the units the unknown-word check compares: words, numbers, and each symbol on its own (an emoji
+# or a "$" the captions never had is as unknown to the model as a word it never read)
+_WORD = re.compile(r"[^\W\d_]+|\d+|[^\w\s]|_")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # how Python keeps argv bytes that are not UTF-8
 
 Pair = tuple[int, int]
 
@@ -147,18 +150,8 @@ class BPETokenizer:
         """`<sot> tokens <eot> <pad>...` per text: (ids int64 [B, L], mask bool [B, L]), where
         mask marks the real tokens (pads are False) and L = context_length. The empty prompt is
         refused unless `allow_empty` (it is the null condition of classifier-free guidance)."""
-        ids = torch.full((len(texts), context_length), self.pad, dtype=torch.int64)
-        mask = torch.zeros((len(texts), context_length), dtype=torch.bool)
-        for row, text in enumerate(texts):
-            if not normalize(text) and not allow_empty:
-                raise ConfigError("the prompt is empty: describe the image, e.g. 'a red circle'")
-            tokens = [self.sot, *self.encode(text), self.eot]
-            if len(tokens) > context_length:
-                raise ConfigError(f"prompt is {len(tokens)} tokens, the model reads at most "
-                                  f"{context_length}: shorten it")
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-            mask[row, : len(tokens)] = True
-        return ids, mask
+        return pack(texts, context_length, self.encode, normalize, sot=self.sot, eot=self.eot,
+                    pad=self.pad, allow_empty=allow_empty)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "merges": [list(p) for p in self.merges],
@@ -191,9 +184,41 @@ class BPETokenizer:
         return cls.from_dict(data, str(path))
 
 
+def pack(texts: list[str], context_length: int, encode: Callable[[str], list[int]],
+         clean: Callable[[str], str], *, sot: int, eot: int, pad: int, allow_empty: bool
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one way prompts become a batch, for every tokenizer: `<sot> encode(text) <eot>`
+    padded to `context_length`, as (ids int64 [B, L], mask bool [B, L]). A prompt longer than
+    the context is an error, not a silent cut; an empty one (after `clean`) too, unless
+    `allow_empty`."""
+    ids = torch.full((len(texts), context_length), pad, dtype=torch.int64)
+    mask = torch.zeros((len(texts), context_length), dtype=torch.bool)
+    for row, text in enumerate(texts):
+        check_text(text)
+        if not clean(text) and not allow_empty:
+            raise ConfigError("the prompt is empty: describe the image, e.g. 'a red circle'")
+        tokens = [sot, *encode(text), eot]
+        if len(tokens) > context_length:
+            raise ConfigError(f"prompt is {len(tokens)} tokens, the model reads at most "
+                              f"{context_length}: shorten it")
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = True
+    return ids, mask
+
+
+def check_text(text: str) -> None:
+    """Refuse text that is not valid Unicode: a prompt given as bytes that are not UTF-8 reaches
+    Python as lone surrogates, which no tokenizer can encode."""
+    if _SURROGATE.search(text):
+        shown = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise ConfigError(f"the prompt {shown!r} is not valid UTF-8 text; "
+                          "type it again or save the prompts file as UTF-8")
+
+
 def check_prompt(tok: BPETokenizer, text: str) -> None:
     """Refuse a prompt with words the model never read: BPE would encode them, but their
     embedding means nothing, and a silently wrong similarity is worse than an error."""
+    check_text(text)
     unknown = tok.unknown_words(text)
     if unknown:
         words = sorted(tok.words)

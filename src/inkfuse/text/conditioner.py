@@ -2,7 +2,7 @@
 
     text = load_conditioner("runs/clip", "cross-attention")
     cond = text.encode(["a red circle above a blue square"])   # what the U-Net is given
-    vector, tokens, mask = text.null()                          # the empty prompt: CFG's null
+    null = text.empty_prompt()                                  # the empty prompt: CFG's null
 
 The text model is frozen while the U-Net trains (as in Stable Diffusion and Imagen): the U-Net
 learns to read a fixed space, so any prompt the CLIP can embed means something to it. The pooled
@@ -14,16 +14,13 @@ trick: train on CLIP image embeddings, sample from text embeddings of the same s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from inkfuse.clip.tokenizer import check_prompt
 from inkfuse.diffusion.conditioning import Condition
-from inkfuse.errors import ConfigError
-from inkfuse.io import copy_files
+from inkfuse.text.tokenizer import check_prompt
 
 MODES = ("pooled", "cross-attention", "both")
 
@@ -72,11 +69,10 @@ class TextConditioner:
             self.check(prompt)
         return self.encode_ids(*self.tokenize(prompts))
 
-    def null(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """The empty prompt's (vector [K], tokens [L, W], mask [L]): the null condition."""
-        cond = self.encode_ids(*self.tokenize([""], allow_empty=True))
-        first = lambda t: None if t is None else t[0]  # noqa: E731
-        return first(cond.vector), first(cond.tokens), first(cond.mask)
+    def empty_prompt(self) -> Condition:
+        """The empty prompt's encoding (one row): the null condition of text models, which the
+        `Denoiser` writes into dropped rows (`Denoiser(..., null=text.empty_prompt())`)."""
+        return self.encode_ids(*self.tokenize([""], allow_empty=True))
 
     @torch.no_grad()
     def encode_images(self, images: Tensor, batch: int = 512) -> Tensor:
@@ -90,24 +86,3 @@ class TextConditioner:
 
 def is_pretrained(spec: str) -> bool:
     return spec.startswith("open_clip:")
-
-
-def load_conditioner(spec: str | Path, mode: str, device: str | torch.device = "cpu"
-                     ) -> TextConditioner:
-    """A CLIP run dir (or `open_clip:MODEL:WEIGHTS`) as a frozen text conditioner."""
-    from inkfuse.clip.train import load_clip
-
-    if mode not in MODES:
-        raise ConfigError(f"text.conditioning = {mode!r} is not one of: {', '.join(MODES)}")
-    model, tokenizer, _ = load_clip(str(spec), device=device)
-    model.requires_grad_(False)
-    return TextConditioner(model, tokenizer, mode)
-
-
-def copy_clip(src: str | Path, dst: Path) -> None:
-    """Copy a CLIP run's weights and description into `dst`, so a diffusion run dir keeps the
-    text encoder it was trained with even if the original is moved or retrained."""
-    from inkfuse.clip.train import META, WEIGHTS, load_clip
-
-    load_clip(src)  # refuse a broken CLIP before copying anything
-    copy_files(src, dst, (WEIGHTS, META))

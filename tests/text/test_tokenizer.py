@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inkfuse.clip.tokenizer import BPETokenizer, normalize
 from inkfuse.errors import ConfigError
+from inkfuse.text.tokenizer import BPETokenizer, check_prompt, normalize
 
 CAPTIONS = ["a large red circle in the top left", "a small blue square in the center",
             "a large green triangle in the bottom right", "a small white cross in the top left"]
@@ -62,5 +62,13 @@ def test_too_long_and_empty_prompts(tok: BPETokenizer) -> None:
 
 def test_unknown_words(tok: BPETokenizer) -> None:
     assert tok.unknown_words("A red circle in the TOP left") == []
-    assert tok.unknown_words("a photo of a red zebra, a zebra") == ["photo", "of", "zebra"]
+    assert tok.unknown_words("a photo of a red zebra, a zebra") == ["photo", "of", "zebra", ","]
+    assert tok.unknown_words("a red circle 🙂 $") == ["🙂", "$"]  # symbols count as words
+
+
+def test_prompts_that_are_not_utf8_are_refused_in_one_line(tok: BPETokenizer) -> None:
+    bad = b"a red \xff circle".decode("utf-8", "surrogateescape")  # as argv delivers it
+    for call in (lambda: check_prompt(tok, bad), lambda: tok.batch([bad], 16)):
+        with pytest.raises(ConfigError, match="not valid UTF-8"):
+            call()
     assert len(tok.encode("zebra")) > 0  # yet it encodes: byte-level BPE has no unknown tokens

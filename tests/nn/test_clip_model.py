@@ -7,8 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from inkfuse.clip.tokenizer import BPETokenizer
-from inkfuse.nn.clip import CLIP, ClipModelConfig, clip_loss
+from inkfuse.config import ClipModelConfig
+from inkfuse.nn.clip import CLIP, clip_loss
+from inkfuse.text.tokenizer import BPETokenizer
 
 CORPUS = ["a red circle", "a blue square in the center", "a blue square in the top left"] * 2
 

@@ -3,7 +3,7 @@
     inkfuse eval runs/mnist --metric fid,kid,pr,accuracy,fd_cls --n 1000 --out results.json
     inkfuse eval samples.npz --dataset mnist --metric fid,accuracy
 
-The main CLI registers it with `add_eval_parser(subparsers)` and prints any InkfuseError.
+Scoring itself is `inkfuse.metrics.evaluation`; this prints its results as a table.
 """
 
 from __future__ import annotations
@@ -16,32 +16,38 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from inkfuse.cli.args import SAMPLER_HELP, LazyHelp, number, out_path
 from inkfuse.errors import ConfigError
 
 
-def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `eval` on an argparse subparsers object; its handler is in `fn`."""
+def _metric_help() -> str:
     from inkfuse.metrics.evaluation import METRICS
 
+    return f"comma-separated, from: {','.join(METRICS)} (default: fid)"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `eval` on the main parser's subparsers."""
     ev = subparsers.add_parser(
         "eval", help="score a run: FID, KID, precision/recall, class accuracy, FD_cls",
         description="Draw --n samples from a run (or read an .npz from `inkfuse sample`) and "
                     "compute metrics against the dataset's test split.")
     ev.add_argument("run_dir", help="run dir, or an .npz of samples (then give --dataset)")
-    ev.add_argument("--metric", default="fid",
-                    help=f"comma-separated, from: {','.join(METRICS)} (default: fid)")
-    ev.add_argument("--n", type=int, default=1000, help="samples to draw (default 1000)")
-    ev.add_argument("--sampler", default=None, help="default: the recipe's")
-    ev.add_argument("--steps", type=int, default=None)
-    ev.add_argument("--guidance", type=float, default=None, help="CFG weight (default: recipe)")
-    ev.add_argument("--eta", type=float, default=None)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--metric", default="fid", help=LazyHelp(_metric_help))
+    ev.add_argument("--n", action=number(int, lo=1), default=1000,
+                    help="samples to draw (default 1000)")
+    ev.add_argument("--sampler", default=None, help=SAMPLER_HELP)
+    ev.add_argument("--steps", action=number(int, lo=1), default=None)
+    ev.add_argument("--guidance", action=number(float, lo=0), default=None,
+                    help="CFG weight (default: recipe)")
+    ev.add_argument("--eta", action=number(float, lo=0, hi=1), default=None)
+    ev.add_argument("--seed", action=number(int, lo=0), default=0)
+    ev.add_argument("--batch-size", action=number(int, lo=1), default=256)
     ev.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     ev.add_argument("--compile", action="store_true", help="torch.compile the network (tens of "
                     "seconds of compiling; no faster than eager on the benchmark CPU)")
     ev.add_argument("--dataset", default=None, help="reference dataset for an .npz input")
-    ev.add_argument("--ref-n", type=int, default=None,
+    ev.add_argument("--ref-n", action=number(int, lo=1), default=None,
                     help="real images to compare with (default: the whole test split). Inception "
                          "runs at ~6 images/s on a 2-core CPU, so 10,000 take ~30 min, once: "
                          "the statistics are cached")
@@ -52,7 +58,6 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="also write the results to this .json file")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(fn=cmd_eval)
-    return ev
 
 
 def _format(value: Any) -> str:
@@ -82,13 +87,11 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from inkfuse.artifacts.run import load_run
     from inkfuse.metrics.evaluation import evaluate, evaluate_npz, parse_metrics
-    from inkfuse.pipelines import load_run
 
     metrics = parse_metrics(args.metric)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.suffix.lower() != ".json":
-        raise ConfigError(f"--out {args.out}: use a file ending in .json")
+    out = out_path(args.out, ".json") if args.out else None
     source = Path(args.run_dir)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -120,6 +123,3 @@ def cmd_eval(args: argparse.Namespace) -> None:
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {out}")
-
-
-__all__ = ["add_eval_parser", "cmd_eval", "format_table"]

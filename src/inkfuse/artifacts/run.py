@@ -1,0 +1,123 @@
+"""A diffusion run dir as something to sample from: its config.json, the latest checkpoint's
+(EMA) weights checked against the config, and the frozen parts it depends on (`clip/`, `vae/`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from inkfuse import config as config_mod
+from inkfuse.artifacts import checkpoint
+from inkfuse.artifacts.clip import load_conditioner
+from inkfuse.artifacts.vae import load_latent_space
+from inkfuse.config import Config
+from inkfuse.diffusion import Condition, Denoiser, Schedule, cfg
+from inkfuse.diffusion.latent import LatentSpace
+from inkfuse.errors import CheckpointError, ConfigError
+from inkfuse.nn import build_model
+from inkfuse.text.conditioner import TextConditioner, is_pretrained
+
+
+@dataclass
+class Run:
+    """A trained model ready to sample: config, network (EMA weights by default), schedule."""
+
+    config: Config
+    net: nn.Module
+    schedule: Schedule
+    dir: Path
+    class_names: list[str] = field(default_factory=list)
+    context_names: list[str] = field(default_factory=list)
+    text: TextConditioner | None = None  # the frozen CLIP of a text-conditioned run
+    latent: LatentSpace | None = None  # the frozen VAE of a latent diffusion run
+    prompts: list[str] = field(default_factory=list)  # training captions for sample grids
+    null: Condition | None = None  # the empty prompt's encoding: what a dropped text row reads
+
+    @classmethod
+    def from_parts(cls, config: Config, net: nn.Module, schedule: Schedule, run_dir: Path,
+                   meta: dict, text: TextConditioner | None = None,
+                   latent: LatentSpace | None = None) -> Run:
+        """A Run of parts already in memory (`meta`: config.json's "dataset" entry), with the
+        null condition the config asks for. Training draws its progress grids from one built
+        around its EMA weights instead of reloading the run dir at every checkpoint."""
+        null = None
+        if text is not None and config.model.null_condition == "empty-prompt":
+            null = text.empty_prompt()
+        return cls(config, net, schedule, run_dir, meta.get("class_names", []),
+                   meta.get("context_names", []), text, latent, meta.get("prompts", []), null)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """What the sampler draws: images, or latents for a latent diffusion run."""
+        side = self.config.model.size or self.config.data.size
+        return (self.config.model.in_channels, side, side)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """What `sample` returns: [C, H, W] of the images."""
+        if self.latent is None:
+            return self.shape
+        channels = self.latent.vae.cfg.in_channels
+        return (channels, self.config.data.size, self.config.data.size)
+
+    def autocast(self, precision: str | None = None) -> torch.autocast:
+        """bf16 autocast for the network when `precision` (default: the run's training
+        precision) is bf16; the samplers' own arithmetic stays in float32."""
+        bf16 = (precision or self.config.train.precision) == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.model.cond_dim > 0 or self.config.model.token_dim > 0
+
+    def denoiser(self, guidance: float = 1.0, rescale: float = 0.0,
+                 weights: tuple[float, ...] = (1.0,)) -> Callable:
+        # pixels live in [-1, 1], so x0 is clamped there; latents have no such bound
+        clip = None if self.latent is not None else 1.0
+        base = Denoiser(self.net, self.schedule, self.config.diffusion.target, clip, self.null)
+        return cfg(base, guidance, rescale, weights) if self.conditional else base
+
+
+def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.device = "cpu",
+             compile: bool = False) -> Run:
+    """Load a run dir written by `train` (its config.json and latest checkpoint).
+
+    `compile` wraps the network in `torch.compile`, after tens of seconds of compiling per
+    batch shape. On the benchmark CPU the eager model is as fast (0.9–1.1×,
+    benchmarks/README.md); it is there for GPUs, where small models are launch-bound
+    (not yet measured with compile)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run dir {run_dir} does not exist (train one with `inkfuse train`)")
+    raw = checkpoint.read_json(run_dir / "config.json")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{run_dir / 'config.json'} is not an inkfuse run config")
+    meta = raw.pop("dataset", {})
+    try:
+        config = config_mod.from_dict(raw, source=str(run_dir / "config.json"))
+    except ConfigError as e:
+        raise CheckpointError(f"{run_dir} is not a run of this inkfuse version: {e}") from None
+    schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps,
+                        config.diffusion.beta_start, config.diffusion.beta_end)
+    net = build_model(config.model, config.data.size, config.diffusion.timesteps)
+    weights = checkpoint.load_weights(run_dir, "ema" if ema else "model")
+    checkpoint.check_weights(weights, net.state_dict(), run_dir, "its config.json")
+    net.load_state_dict(weights)
+    net.to(device).eval()
+    text = None
+    if config.data.labels in ("text", "clip-image"):
+        spec = config.text.encoder if is_pretrained(config.text.encoder) else run_dir / "clip"
+        text = load_conditioner(spec, config.text.conditioning, device)
+    latent = load_latent_space(run_dir / "vae", device) if config.data.vae else None
+    if compile:
+        net = torch.compile(net)
+    return Run.from_parts(config, net, schedule, run_dir, meta, text, latent)

@@ -1,0 +1,307 @@
+"""The argument layer every command group shares: numbers and their ranges, output paths, the
+train grammar (`RECIPE --set a.b=c --max-minutes M --out DIR --quiet`), conditions and prompts,
+and the image files commands read and write.
+
+Each check lives here once, so a flag means the same and fails the same way in every command:
+a mistake is a `ConfigError` (or `DataError` for a file) with a one-line message naming the
+flag, which `main` prints as `inkfuse: error: ...` with exit status 1. Numbers are checked
+while parsing (`number`), by an argparse action rather than `type=`, because argparse turns a
+`type=` failure into its usage text and exit status 2 and does not know our ranges.
+
+Importing this module does not import torch: the parser is built on every call, `--help`
+included. The functions that make tensors import it when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from inkfuse.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+# --- numbers --------------------------------------------------------------------------------
+
+
+class _Number(argparse.Action):
+    """Parse a flag's text as `kind` (or, with `many`, a comma-separated list of them) and check
+    each value against [lo, hi] (lo excluded with `lo_open`), naming the flag in the error."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, kind: type, lo: float | None,
+                 hi: float | None, lo_open: bool, many: bool, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.kind, self.lo, self.hi, self.lo_open, self.many = kind, lo, hi, lo_open, many
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        flag = option_string or self.dest
+        items = [v.strip() for v in str(values).split(",") if v.strip()] if self.many else [values]
+        parsed = [self._one(flag, text, values) for text in items]
+        if not parsed:
+            raise ConfigError(f"{flag} expects comma-separated numbers, got {values!r}")
+        setattr(namespace, self.dest, parsed if self.many else parsed[0])
+
+    def _one(self, flag: str, text: str, whole: str) -> int | float:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            what = ("comma-separated numbers" if self.many
+                    else "an integer" if self.kind is int else "a number")
+            raise ConfigError(f"{flag} expects {what}, got {whole!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number, got {text}")
+        low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        if low or (self.hi is not None and value > self.hi):
+            raise ConfigError(f"{flag} must be {self._range()}, got {text}")
+        return value
+
+    def _range(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+        if self.lo is not None:
+            return f"{'greater than' if self.lo_open else 'at least'} {self.lo:g}"
+        return f"at most {self.hi:g}"
+
+
+def number(kind: type = int, *, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, many: bool = False) -> Callable[..., argparse.Action]:
+    """An argparse `action=` for a numeric flag: `kind` (int or float), finite, in [lo, hi];
+    `many` reads a comma-separated list (`--guidance 0,1,2`) into a list.
+
+        p.add_argument("--steps", action=number(int, lo=1), default=None)
+        p.add_argument("--strength", action=number(float, lo=0, hi=1, lo_open=True))
+
+    A default is taken as given (it is ours, not the user's)."""
+    return functools.partial(_Number, kind=kind, lo=lo, hi=hi, lo_open=lo_open, many=many)
+
+
+class LazyHelp(str):
+    """Help text completed only when argparse formats it, i.e. for `--help`.
+
+    Naming a registry's entries (samplers, metrics) in help means importing the registry, and so
+    torch; doing that on every command would cost two seconds before `inkfuse --help` answers.
+    argparse fills a help string with `help % params`, which this class intercepts."""
+
+    def __new__(cls, text: Callable[[], str]) -> LazyHelp:
+        self = super().__new__(cls, "…")
+        self._text = text
+        return self
+
+    def __mod__(self, params: Any) -> str:
+        return self._text() % params
+
+
+def _sampler_help() -> str:
+    from inkfuse.diffusion.samplers import SAMPLERS
+
+    return f"{', '.join(SAMPLERS)} (default: the recipe's)"
+
+
+SAMPLER_HELP = LazyHelp(_sampler_help)
+
+
+# --- output paths ---------------------------------------------------------------------------
+
+
+def out_path(path: str | Path, *suffixes: str, flag: str = "--out") -> Path:
+    """`path` if it ends in one of `suffixes` (e.g. ".png", ".npz"), its folder created.
+
+    Called before any slow work, so a typo costs nothing; the writers pick the format from the
+    suffix, so an unknown one would otherwise fail only after sampling."""
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {path}: use a file ending in {', '.join(suffixes)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# --- the train grammar ----------------------------------------------------------------------
+
+
+def add_train_args(parser: argparse.ArgumentParser, what: str = "recipe",
+                   default: str | None = None) -> None:
+    """`RECIPE --set a.b=c --max-minutes M --out DIR --quiet`, the same for every kind of run.
+
+    With `default` the recipe may be left out (`inkfuse clip train`)."""
+    parser.add_argument("recipe", nargs="?" if default else None, default=default,
+                        help=f"{what} file or built-in name"
+                             + (f" (default {default})" if default else ""))
+    parser.add_argument("--out", default=None, help="run dir (default runs/<recipe name>)")
+    add_set_args(parser)
+
+
+def add_set_args(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE` (repeatable), `--max-minutes M` and `--quiet`: what `overrides` reads."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set train.steps=200")
+    parser.add_argument("--max-minutes", action=number(float, lo=0), default=None,
+                        help="stop cleanly after this long (0 = no limit); rerun to resume")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def overrides(args: argparse.Namespace, sets: list[str] | None = None) -> list[str]:
+    """The recipe overrides the flags ask for: each `--set` (or `sets`, a command's reading of
+    them), then `--max-minutes` as `train.max_minutes`, last so that the dedicated flag wins."""
+    extra = [] if args.max_minutes is None else [f"train.max_minutes={args.max_minutes}"]
+    return [*(args.set if sets is None else sets), *extra]
+
+
+def run_dir(args: argparse.Namespace) -> Path:
+    """`--out`, or runs/<recipe name>: a recipe trains into the same place every time, which is
+    what makes rerunning the command resume it."""
+    from inkfuse.config import resolve_recipe
+
+    return Path(args.out) if args.out else Path("runs") / resolve_recipe(args.recipe).stem
+
+
+# --- conditions and prompts -----------------------------------------------------------------
+
+
+def add_condition_args(parser: argparse.ArgumentParser, *, context: bool, many: bool) -> None:
+    """--class, --prompt and (with `context`) --context, one of them at a time; with `many`,
+    --prompt repeats (a grid row each) and --prompts-file reads more. `condition` reads them."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--class", dest="class_id", action=number(int, lo=0), default=None,
+                       help="class id to draw or steer towards")
+    if context:
+        group.add_argument("--context", action=number(float, many=True), default=None,
+                           help="context vector, e.g. 1,0,0,0.5,0")
+    group.add_argument("--prompt", action="append" if many else "store", default=None,
+                       help="text prompt (text-conditioned models); mix prompts with "
+                            "'a red circle :0.7 | a blue square :0.3'"
+                            + ("; repeat for one row each" if many else ""))
+    if many:
+        parser.add_argument("--prompts-file", default=None,
+                            help="one prompt per line; blank lines and # comments are skipped")
+
+
+def read_prompts(args: argparse.Namespace) -> list[str] | None:
+    """--prompt (once or repeated) and then --prompts-file's lines; None when neither is given."""
+    given = args.prompt
+    prompts = [given] if isinstance(given, str) else list(given or [])
+    file = getattr(args, "prompts_file", None)
+    if file:
+        try:
+            lines = Path(file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read --prompts-file {file}: {e}") from None
+        prompts += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not prompts:
+            raise ConfigError(f"--prompts-file {file} has no prompts (one per line)")
+    return prompts or None
+
+
+def condition(args: argparse.Namespace) -> dict[str, Any]:
+    """The `labels` / `context` / `prompts` keywords of `pipelines.sample` and `editing`."""
+    import torch
+
+    context = getattr(args, "context", None)
+    return {"labels": None if args.class_id is None else torch.tensor([args.class_id]),
+            "context": None if context is None else torch.tensor(context),
+            "prompts": read_prompts(args)}
+
+
+# --- image files ----------------------------------------------------------------------------
+
+
+def read_image(path: str | Path, size: int, channels: int
+               ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One image file as float [1, channels, size, size] in [-1, 1] (centre crop, resize), and
+    its size (w, h) as given, against which a mask is checked."""
+    from inkfuse.data.folder import load_image
+    from inkfuse.data.transforms import resize
+
+    pixels = load_image(path, None, channels)
+    original = (pixels.shape[2], pixels.shape[1])
+    return resize(pixels[None], size).float() / 127.5 - 1, original
+
+
+def read_mask(path: str | Path, size: int, image_size: tuple[int, int]) -> torch.Tensor:
+    """A greyscale mask file as float [1, 1, size, size]: 1 where it is over 50 % (fill), else 0.
+    It must have the image's size (w, h), so that it covers what the user drew it over."""
+    from inkfuse.data.folder import load_image
+    from inkfuse.data.transforms import resize
+
+    mask = load_image(path, None, 1)
+    w, h = image_size
+    if tuple(mask.shape[1:]) != (h, w):
+        raise DataError(f"{Path(path).name} is {mask.shape[2]}x{mask.shape[1]} but the image is "
+                        f"{w}x{h}: give a mask of the same size")
+    return (resize(mask[None], size).float() > 127.5).float()
+
+
+def read_images(sources: Sequence[str | Path], size: int, channels: int) -> torch.Tensor:
+    """uint8 [N, channels, size, size] from image files, folders of them and .npz files (as
+    `inkfuse sample --out x.npz` writes them), in the order given."""
+    import torch
+
+    from inkfuse.data.folder import EXTENSIONS, load_image
+
+    images = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            files = sorted(p for p in source.iterdir()
+                           if p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+            if not files:
+                raise DataError(f"{source} has no images ({', '.join(EXTENSIONS)})")
+            images += [load_image(p, size, channels) for p in files]
+        elif source.suffix.lower() == ".npz":
+            images += list(_npz_images(source, size, channels))
+        else:
+            images.append(load_image(source, size, channels))
+    return torch.stack(images)
+
+
+def _npz_images(path: Path, size: int, channels: int) -> torch.Tensor:
+    """The uint8 `images` [N, H, W, C] of an .npz, resized, with grey <-> RGB as needed."""
+    import numpy as np
+    import torch
+
+    from inkfuse.data.transforms import resize
+
+    if not path.is_file():
+        raise DataError(f"{path} not found; check the path")
+    try:
+        with np.load(path) as f:
+            array = f["images"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path} is not an .npz with uint8 'images' [N, H, W, C] "
+                        f"({str(e).splitlines()[0]})") from None
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3):
+        raise DataError(f"{path}: 'images' must be uint8 [N, H, W, 1 or 3], got "
+                        f"{array.dtype} {list(array.shape)}")
+    x = torch.from_numpy(array).permute(0, 3, 1, 2)
+    if x.shape[1] != channels:  # as PIL converts: ITU-R 601 luma, or grey copied to RGB
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        x = (x.expand(-1, 3, -1, -1) if channels == 3
+             else (x.float() * luma).sum(1, keepdim=True).round().to(torch.uint8))
+    return resize(x.contiguous(), size)
+
+
+def write_npz(out: Path, **arrays: np.ndarray) -> None:
+    """Arrays to an .npz, atomically: an interrupted command leaves the old file or none."""
+    import numpy as np
+
+    from inkfuse.io import atomic_path
+
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def write_images(images: torch.Tensor, out: Path) -> None:
+    """Images [N, C, H, W] in [-1, 1] at their own pixels: an .npz of uint8 `images`, or a PNG
+    of the one image as it is, or of a grid 8 wide."""
+    from inkfuse.viz import save_grid, to_uint8
+
+    if out.suffix.lower() == ".npz":
+        write_npz(out, images=to_uint8(images))
+    else:
+        n = len(images)
+        save_grid(images, out, nrow=min(n, 8), scale=1, padding=0 if n == 1 else 2)

@@ -1,0 +1,43 @@
+"""Recipes: typed, validated configuration for every kind of run (diffusion, VAE, CLIP).
+
+Torch-free, so that a recipe can be read and checked without loading PyTorch:
+`python -c "import sys, inkfuse.config; assert 'torch' not in sys.modules"`.
+"""
+
+from inkfuse.config.clip import ClipConfig, ClipModelConfig, ClipSettings
+from inkfuse.config.core import (
+    RECIPES_DIR,
+    Recipe,
+    apply_overrides,
+    bounded,
+    build_section,
+    choice,
+    listed,
+    parse_override,
+    read_recipe,
+    replace,
+    resolve_recipe,
+)
+from inkfuse.config.recipe import KINDS, load_recipe, recipe_kind
+from inkfuse.config.sections import (
+    Config,
+    DataConfig,
+    DiffusionConfig,
+    ModelConfig,
+    SampleConfig,
+    TextConfig,
+    TrainConfig,
+    check_data,
+    from_dict,
+)
+from inkfuse.config.vae import DEFAULT_CHANNEL_MULT, VAEConfig, VAEModelConfig, VAESettings
+from inkfuse.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CHANNEL_MULT", "KINDS", "RECIPES_DIR", "ClipConfig", "ClipModelConfig",
+    "ClipSettings", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "ModelConfig",
+    "Recipe", "SampleConfig", "TextConfig", "TrainConfig", "VAEConfig", "VAEModelConfig",
+    "VAESettings", "apply_overrides", "bounded", "build_section", "check_data", "choice",
+    "from_dict", "listed", "load_recipe", "parse_override", "read_recipe", "recipe_kind",
+    "replace", "resolve_recipe",
+]

@@ -1,0 +1,231 @@
+"""Diffusion as a training kind: images (or a frozen VAE's latents) noised along the schedule,
+the U-Net regressing the recipe's target through `Denoiser.loss`, with the condition (class,
+context, caption through a frozen CLIP, low-res image) dropped for classifier-free guidance.
+
+At every checkpoint it draws a sample grid from the EMA weights held in memory: a second copy of
+the network (the one `Run` it samples from), so a grid costs no reload of the run dir.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from inkfuse import pipelines
+from inkfuse.artifacts import checkpoint
+from inkfuse.artifacts.clip import copy_clip, load_conditioner
+from inkfuse.artifacts.run import Run
+from inkfuse.artifacts.vae import copy_vae, load_latent_space
+from inkfuse.config import ClipConfig, Config, replace
+from inkfuse.data import ImageDataset, build_dataset
+from inkfuse.data.transforms import augment
+from inkfuse.diffusion import Condition, Denoiser, Schedule
+from inkfuse.diffusion.latent import LatentSpace
+from inkfuse.diffusion.upsampling import shrink, training_levels, with_low_res
+from inkfuse.errors import TrainingError
+from inkfuse.nn import build_model
+from inkfuse.text.conditioner import TextConditioner, is_pretrained
+from inkfuse.train import loop
+from inkfuse.train.clip import ClipKind
+from inkfuse.train.loop import Dist, Kind
+from inkfuse.viz import save_grid
+
+
+class DiffusionKind(Kind):
+    label = "training"
+    sections = ("data", "model", "diffusion")
+
+    def setup(self) -> None:
+        config, device, d = self.config, self.device, self.dist
+        data = build_dataset(config.data, seed=config.train.seed)
+        self.text = prepare_text(config, self.run_dir, data, device, d, self.progress)
+        self.latent = prepare_latents(config, self.run_dir, device, d)
+        self.config = config = resolve(config, data, self.text, self.latent)
+        self.meta, self.size = dataset_meta(data, config), len(data)
+        self.data = data.to(device)
+        self.conditions = condition_source(config, self.data, self.text, device)
+        if self.latent is not None:  # encode once; each step draws z from the posterior
+            self.z_mean, self.z_std = self.latent.encode_dataset(self.data.images)
+        dc = config.diffusion
+        self.schedule = Schedule(dc.schedule, dc.timesteps, dc.beta_start, dc.beta_end)
+        self.null = self.text.empty_prompt() if self.text is not None else None  # dropped rows
+        self.memory = (torch.channels_last if config.train.channels_last
+                       else torch.contiguous_format)
+
+    def make_model(self) -> nn.Module:
+        c = self.config
+        net = build_model(c.model, c.data.size, c.diffusion.timesteps).to(self.device)
+        # what the progress grids sample from: the EMA weights, in the layout load_run gives
+        sampler = copy.deepcopy(net).eval().requires_grad_(False)
+        self.run = Run.from_parts(c, sampler, self.schedule, self.run_dir, self.meta, self.text,
+                                  self.latent)
+        return net.to(memory_format=self.memory)
+
+    def batch(self, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, Condition | None]:
+        c, i = self.config, idx.to(self.device)
+        if self.latent is not None:
+            x0 = self.z_mean[i] + self.z_std[i] * torch.randn(self.z_mean[i].shape, generator=gen,
+                                                              device=self.device)
+        else:
+            x0 = augment(self.data.to_float(i), hflip=c.data.hflip,
+                         crop_padding=c.data.crop_padding, generator=gen)
+        x0 = x0.contiguous(memory_format=self.memory)  # [B, C, H, W]
+        cond = self.conditions(i, gen)
+        if cond is not None:
+            cond = cond.dropped(c.diffusion.cond_drop_prob, gen)
+        if c.data.low_res:  # super-resolution: the shrunk image is the condition
+            level = training_levels(len(x0), c.diffusion.low_res_noise, self.schedule, gen,
+                                    self.device)
+            cond = with_low_res(cond, shrink(x0, c.data.low_res), c.data.size, level,
+                                self.schedule, gen)
+        return x0, cond
+
+    def loss(self, forward: nn.Module, batch: tuple[Tensor, Condition | None],
+             gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        x0, cond = batch
+        dc = self.config.diffusion
+        denoiser = Denoiser(forward, self.schedule, dc.target, null=self.null)
+        return denoiser.loss(x0, cond, weighting=dc.loss_weighting, gamma=dc.min_snr_gamma,
+                             generator=gen), {}
+
+    def saved_config(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        saved = self.run_dir / "config.json"  # also there before the first checkpoint
+        return checkpoint.read_json(saved) if saved.is_file() else {}
+
+    def begin(self) -> None:
+        checkpoint.write_json(self.run_dir / "config.json",
+                              {**self.config.to_dict(), "dataset": self.meta})
+
+    def on_checkpoint(self, step: int, weights: dict[str, Tensor]) -> None:
+        """The sample grid of this step, from the EMA weights in memory."""
+        self.run.net.load_state_dict(weights)
+        s, low_res = self.config.sample, self.config.data.low_res
+        real = self.data.to_float(slice(0, 64 * s.per_class)) if low_res else None
+        images, labels = pipelines.sample_grid(self.run, per_class=s.per_class, progress=False,
+                                               real=real)
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        save_grid(images, self.run_dir / "samples" / f"step-{step:07d}.png", nrow=s.per_class,
+                  labels=labels)
+
+
+def resolve(config: Config, data: ImageDataset, text: TextConditioner | None = None,
+            latent: LatentSpace | None = None) -> Config:
+    """Fill in what the data (and the text encoder, and the VAE) decide: input channels and
+    size, condition widths."""
+    cond_dim, token_dim, null = 0, 0, "learned"
+    if text is not None:
+        cond_dim, token_dim, null = text.pooled_dim, text.token_dim, "empty-prompt"
+    elif config.data.labels == "class" and data.labels is not None:
+        cond_dim = len(data.class_names)
+    elif config.data.labels == "context" and data.context is not None:
+        cond_dim = data.context.shape[1]
+    channels, size = data.channels, 0
+    if latent is not None:
+        channels, size, _ = latent.shape(config.data.size)
+    return replace(config, model={
+        "in_channels": config.model.in_channels or channels,
+        "size": config.model.size or size,
+        "cond_dim": config.model.cond_dim or cond_dim,
+        "token_dim": config.model.token_dim or token_dim,
+        "low_res_channels": config.model.low_res_channels or (
+            data.channels if config.data.low_res else 0),
+        "null_condition": null,
+    })
+
+
+Conditions = Callable[[Tensor, torch.Generator], Condition | None]
+
+
+def condition_source(config: Config, data: ImageDataset, text: TextConditioner | None,
+                     device: torch.device) -> Conditions:
+    """`draw(idx, gen)`: the condition of images `idx` (before the CFG drop).
+
+    Captions are tokenized once; each step encodes its batch with the frozen text model,
+    drawing one of each image's caption variants when the data has them. CLIP image
+    embeddings (the course's trick) are computed once for the whole dataset."""
+    labels = config.data.labels
+    if labels == "text":
+        variants = data.caption_variants
+        texts = variants.texts if variants else [[c] for c in data.captions]
+        probs = (variants.probs if variants else torch.ones(1)).to(device)
+        flat = [c for options in texts for c in options]
+        ids, mask = (t.view(len(texts), len(texts[0]), -1).to(device)
+                     for t in text.tokenize(flat))
+
+        def draw_text(idx: Tensor, gen: torch.Generator) -> Condition:
+            v = torch.multinomial(probs, len(idx), replacement=True, generator=gen)
+            return text.encode_ids(ids[idx, v], mask[idx, v])
+
+        return draw_text
+    if labels == "clip-image":
+        embeddings = text.encode_images(data.images).to(device)
+        return lambda idx, gen: Condition.from_vectors(embeddings[idx])
+    if not config.model.cond_dim:
+        return lambda idx, gen: None
+    if data.context is not None:
+        return lambda idx, gen: Condition.from_vectors(data.context[idx])
+    return lambda idx, gen: Condition.from_labels(data.labels[idx], config.model.cond_dim)
+
+
+def prepare_text(config: Config, run_dir: Path, data: ImageDataset, device: torch.device,
+                 d: Dist, progress: bool) -> TextConditioner | None:
+    """The frozen CLIP of a text (or CLIP-image) conditioned run, kept in RUN/clip.
+
+    `text.encoder` names a CLIP run dir (copied into RUN/clip so the run stays whole) or an
+    open_clip model (used in place); empty trains one on the run's own captions first."""
+    if config.data.labels not in ("text", "clip-image"):
+        return None
+    if data.captions is None:
+        raise TrainingError(f"data.labels = {config.data.labels!r} needs captions: use the "
+                            "shapes dataset or a folder with captions.csv")
+    spec = config.text.encoder
+    if not is_pretrained(spec) and d.main and not (run_dir / "clip" / "clip.json").is_file():
+        if spec:
+            copy_clip(spec, run_dir / "clip")
+        else:
+            loop.run(clip_recipe(config), run_dir / "clip", ClipKind, progress=progress,
+                     solo=True)
+    if d.world > 1:
+        dist.barrier()
+    return load_conditioner(spec if is_pretrained(spec) else run_dir / "clip",
+                            config.text.conditioning, device)
+
+
+def prepare_latents(config: Config, run_dir: Path, device: torch.device, d: Dist
+                    ) -> LatentSpace | None:
+    """The frozen VAE of a latent diffusion run, copied into RUN/vae."""
+    if not config.data.vae:
+        return None
+    if d.main and not (run_dir / "vae" / "vae.json").is_file():
+        copy_vae(config.data.vae, run_dir / "vae")
+    if d.world > 1:
+        dist.barrier()
+    return load_latent_space(run_dir / "vae", device)
+
+
+def dataset_meta(data: ImageDataset, config: Config) -> dict:
+    prompts = config.sample.prompts
+    if not prompts and config.data.labels in ("text", "clip-image"):
+        prompts = list(dict.fromkeys(data.captions))[:8]  # distinct, in data order
+    return {"name": data.name, "size": data.size, "channels": data.channels,
+            "class_names": data.class_names, "context_names": data.context_names,
+            "prompts": prompts}
+
+
+def clip_recipe(config: Config) -> ClipConfig:
+    """The CLIP a text run trains into RUN/clip when `text.encoder` is empty: the built-in
+    clip-shapes recipe (its own 20k pairs) at the run's image size, objects per image, seed and
+    device, for `text.clip_steps` steps."""
+    dc = config.data
+    if dc.name != "shapes":
+        raise TrainingError("only shapes captions can train a CLIP on the fly; train one with "
+                            "`inkfuse clip train` on a folder recipe and set text.encoder")
+    return replace(ClipConfig(), data={"size": dc.size, "max_objects": dc.max_objects},
+                   train={"steps": config.text.clip_steps, "seed": config.train.seed,
+                          "device": config.train.device})
