@@ -181,3 +181,213 @@ def test_clip_train_old_spellings_map_to_recipe_keys():
     assert overrides(args, _old_spellings(args)) == [
         "train.lr=5e-4", "clip.width=64", "train.steps=800", "data.size=16",
         'data.name="folder"', 'data.path="2024"', "train.max_minutes=1.0"]
+
+
+# --- issue 14: nothing lost, nothing silent ---------------------------------------------------
+# Each bad input: exit 1, stderr one line `inkfuse: error: ...`, and nothing created in the
+# working folder (no output, no parent folders of --out, no temporary files).
+
+def refused(argv, capsys, cwd, message=""):
+    """Run `argv` in the empty folder `cwd`; the one-line error, checking nothing was made."""
+    before = sorted(cwd.rglob("*"))
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith("inkfuse: error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err, err
+    assert sorted(cwd.rglob("*")) == before, "something was created"
+    return err
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """An empty working folder, and beside it `inputs/` with files the commands read."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "bad-utf8.txt").write_bytes(b"a red circle\n\xff\xfe oops\n")
+    (inputs / "file").write_text("not a run")
+    (inputs / "read-only.png").write_bytes(b"")
+    (inputs / "read-only.png").chmod(0o444)
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+# class 1: every numeric flag has a range, checked when parsing; None is "not given", never 0
+@pytest.mark.parametrize("args, message", [
+    (["sample", "RUN", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["sample", "RUN", "--eta", "2"], "--eta must be in [0, 1], got 2"),
+    (["sample", "RUN", "--eta", "-1"], "--eta must be in [0, 1], got -1"),
+    (["sample", "RUN", "--churn", "-5", "--sampler", "euler"],
+     "--churn must be at least 0, got -5"),
+    (["sample", "RUN", "--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["sample", "RUN", "--seed", str(2**70)], "--seed must be at most 9223372036854775807"),
+    (["sample", "RUN", "--n", str(10**9)], "--n must be at most 100000"),
+    (["sample", "RUN", "--steps", "1000"], "must be between 1 and the model's T = 50"),
+    (["eval", "RUN", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["eval", "RUN", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["viz", "forward", "shapes", "--n", "0"], "--n must be at least 1, got 0"),
+    (["viz", "forward", "shapes", "--columns", "0"], "--columns must be at least 1, got 0"),
+    (["clip", "train", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["inpaint", "RUN", "--image", "a.png", "--mask", "m.png", "--resample", "0"],
+     "--resample must be at least 1, got 0"),
+    # class 4: non-finite numbers never get in
+    (["sample", "RUN", "--context", "nan,0,0,0"], "--context must be a finite number, got nan"),
+    (["sample", "RUN", "--guidance", "inf"], "--guidance must be a finite number, got inf"),
+    (["sample", "RUN", "--guidance", "1e400"], "--guidance must be a finite number"),
+    # class 7: prompts files are UTF-8
+    (["sample", "RUN", "--prompts-file", "../inputs/bad-utf8.txt"],
+     "--prompts-file ../inputs/bad-utf8.txt is not UTF-8 text (byte 13): save it as UTF-8"),
+])
+def test_numbers_out_of_range_are_refused(run_dir, work, capsys, args, message):
+    argv = [str(run_dir) if a == "RUN" else a for a in args]
+    refused([*argv, "--out", "new/dir/x.png"], capsys, work, message)
+
+
+def test_every_numeric_flag_has_a_range():
+    import argparse
+
+    from inkfuse.cli.args import _Number, number
+
+    with pytest.raises(TypeError, match="needs a range"):
+        number(int)
+    from inkfuse.cli import build_parser
+
+    def parsers(p):
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    for p in parsers(build_parser()):
+        for action in p._actions:
+            assert action.type not in (int, float), f"{p.prog} {action.dest}: use number()"
+            if isinstance(action, _Number):
+                assert {action.lo, action.hi, action.most} != {None}, action.dest
+
+
+def test_steps_given_are_the_steps_run(run_dir, work, monkeypatch):
+    """`--steps` reaches the sampler as given (no `args.steps or default`)."""
+    from inkfuse import pipelines
+
+    seen = {}
+    real = pipelines.sample
+    monkeypatch.setattr(pipelines, "sample",
+                        lambda *a, **k: seen.setdefault("steps", k["steps"]) and real(*a, **k))
+    assert main(["sample", str(run_dir), "--n", "1", "--steps", "2", "--out", "x.png"]) == 0
+    assert seen["steps"] == 2
+
+
+# class 2: outputs checked before any work, nothing created on failure, argparse in one line
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "RUN", "--class", "99", "--out", "new/dir/x.png"], "class id 99 is out of range"),
+    (["sample", "RUN", "--out", "new/x.jpg"], "use a file ending in .png, .gif, .npz"),
+    (["sample", "RUN", "--out", "../inputs"], "use a file ending in"),
+    (["sample", "RUN", "--out", "../inputs/read-only.png"],
+     "--out ../inputs/read-only.png exists and is read-only"),
+    (["sample", "RUN", "--out", "../inputs/file/x.png"], "is a file, not a folder"),
+    (["sample", "../inputs/file", "--out", "x.png"],
+     "../inputs/file is a file, not a run dir"),
+    (["sample", "RUN", "--upsample", "../inputs/file", "--out", "x.png"],
+     "is a file, not a run dir"),
+    (["train", "shapes", "--out", "../inputs/file"], "is a file, not a run dir"),
+    (["eval", "../inputs/file"], "is a file, not a run dir"),
+    (["sample", "RUN", "--bogus", "--out", "x.png"],
+     "unrecognized arguments: --bogus (see `inkfuse sample --help`)"),
+    (["sample", "RUN"], "the following arguments are required: --out (see `inkfuse sample"),
+    (["viz", "nope", "shapes", "--out", "x.png"], "invalid choice: 'nope'"),
+    (["smaple", "RUN"], "(see `inkfuse --help`)"),
+    (["vae", "encode", "RUN", "--out", "z.safetensors"], "see `inkfuse vae encode --help`"),
+])
+def test_bad_outputs_and_usage_are_one_line(run_dir, work, capsys, argv, message):
+    refused([str(run_dir) if a == "RUN" else a for a in argv], capsys, work, message)
+
+
+def test_an_output_folder_is_refused_up_front(run_dir, work, capsys):
+    (work / "d.png").mkdir()
+    refused(["sample", str(run_dir), "--out", "d.png"], capsys, work, "--out d.png is a folder")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes in read-only folders")
+def test_a_read_only_folder_is_refused_up_front(run_dir, work, capsys):
+    ro = work / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        refused(["sample", str(run_dir), "--out", "ro/x.png"], capsys, work, "cannot write in")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_file_system_errors_name_a_fix():
+    import errno
+
+    from inkfuse.cli.app import os_error_message
+
+    msg = os_error_message(FileExistsError(errno.EEXIST, "File exists", "runs/x"))
+    assert msg == "File exists (runs/x); remove it or choose another path"
+    assert "free some disk space" in os_error_message(OSError(errno.ENOSPC, "No space", "f"))
+
+
+# class 3: Ctrl-C and SIGTERM, with a message that fits the command
+def test_interrupts_say_what_was_kept(run_dir, work, capsys, monkeypatch):
+    import importlib
+    import os
+    import signal
+
+    from inkfuse import pipelines
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipelines, "sample", ctrl_c)
+    assert main(["sample", str(run_dir), "--out", "x.png"]) == 130
+    err = capsys.readouterr().err
+    assert err == "inkfuse: interrupted; nothing was written\n"
+    monkeypatch.setattr(pipelines, "sample",
+                        lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    assert main(["sample", str(run_dir), "--out", "x.png"]) == 143
+    assert capsys.readouterr().err == "inkfuse: terminated; nothing was written\n"
+    monkeypatch.setattr(importlib.import_module("inkfuse.train"), "train",
+                        lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    assert main(["train", "shapes", "--out", "r"]) == 143
+    assert capsys.readouterr().err == ("inkfuse: terminated; it stopped before the first "
+                                       "checkpoint, so nothing was kept\n")
+    assert main(["train", "shapes", "--out", str(run_dir)]) == 143  # a run with a checkpoint
+    assert capsys.readouterr().err == ("inkfuse: terminated; the last checkpoint is kept "
+                                       "(run the same command to resume)\n")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after main
+    assert list(work.iterdir()) == []
+
+
+# class 4: a model that draws NaN stops with one line, writing nothing
+def test_nan_weights_write_no_images(run_dir, work, capsys):
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    bad = work.parent / "nan-run"
+    shutil.copytree(run_dir, bad)
+    for name in ("ema", "model"):
+        path = bad / "checkpoint" / f"{name}.safetensors"
+        with safe_open(path, "pt") as f:
+            meta = f.metadata()
+        tensors = {k: v.fill_(float("nan")) if v.is_floating_point() else v
+                   for k, v in load_file(path).items()}
+        save_file(tensors, path, metadata=meta)
+    for out in ("x.png", "x.npz", "x.gif"):
+        refused(["sample", str(bad), "--n", "2", "--out", out], capsys, work,
+                "produced NaN or infinite values and nothing was written")
+
+
+def test_prompt_weights_must_be_finite():
+    from inkfuse.errors import ConfigError
+    from inkfuse.pipelines import parse_mix
+
+    for prompt in ("a :nan | b", "a :inf | b", "a :-inf", "a :1e400 | b :1"):
+        with pytest.raises(ConfigError, match="finite"):
+            parse_mix(prompt)

@@ -122,3 +122,57 @@ def test_text_settings_are_checked_together():
     with pytest.raises(ConfigError, match="apply only to data"):
         load_recipe("mnist", ["data.holdout=0.1"])
     assert load_recipe("shapes-text").text.conditioning == "both"
+
+
+# every float of every kind is checked by the one generic field check
+@pytest.mark.parametrize(("recipe", "override", "message"), [
+    ("shapes", "train.ema_decay=nan", "train.ema_decay = nan is not a finite number"),
+    ("shapes", "train.lr=nan", "train.lr = nan is not a finite number; give a number in "
+                               "[0.0, 10.0]"),
+    ("shapes", "train.max_minutes=inf", "train.max_minutes = inf is not a finite number"),
+    ("shapes", "diffusion.min_snr_gamma=-inf", "diffusion.min_snr_gamma = -inf is not a finite"),
+    ("shapes", "sample.guidance=nan", "sample.guidance = nan is not a finite number"),
+    ("vae-shapes", "vae.kl_weight=nan", "vae.kl_weight = nan is not a finite number"),
+    ("clip-shapes", "train.weight_decay=inf", "train.weight_decay = inf is not a finite"),
+])
+def test_nan_and_infinity_never_pass(recipe, override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        load_recipe(recipe, [override])
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("recipe", "overrides", "message"), [
+    ("shapes", ["model.channel_mult=[1,0,2]"],
+     "model.channel_mult = [1, 0, 2]: entry 1 is 0, but every entry must be at least 1"),
+    ("shapes", ["model.channel_mult=[-1,2]"], "entry 0 is -1, but every entry must be at least"),
+    ("shapes", ["model.attention_resolutions=[3]"],
+     "model.attention_resolutions = [3]: the U-Net's levels are 16, 8, 4 px"),
+    ("shapes", ["model.attention_resolutions=[-8]"], "entry 0 is -8, but every entry must be"),
+    ("shapes", ["model.attention_resolutions=[16]", "model.head_dim=24"],
+     "model.head_dim = 24 does not divide the width 32 of the 16 px level"),
+    ("shapes", ["model.attention_resolutions=[4]", "model.head_dim=48"],
+     "model.head_dim = 48 does not divide the width 64 of the 4 px level"),
+    ("shapes", ["model.channel_mult=[2,2,3]", "model.attention_resolutions=[16]",
+                "model.head_dim=64"], "does not divide the width 96 of the mid block"),
+    ("shapes", ["model.base_channels=12", "model.groups=8"], "is not divisible by model.groups"),
+    ("shapes", ["model.base_channels=5", "model.groups=1"], "must be even for the sinusoidal"),
+    ("vae-shapes", ["vae.channel_mult=[1,0,2]"], "vae.channel_mult = [1, 0, 2]: entry 1 is 0"),
+    ("vae-shapes", ["vae.attention=true", "vae.head_dim=24"],
+     "vae.head_dim = 24 does not divide the deepest width 32"),
+    ("clip-shapes", ["clip.width=30", "clip.heads=4"], "clip.width = 30 is not divisible by"),
+    ("clip-shapes", ["clip.channels=[8,0]"], "clip.channels = [8, 0]: entry 1 is 0"),
+    ("clip-shapes", ["clip.channels=[]"], "clip.channels needs at least one image stage"),
+    ("clip-shapes", ["data.size=8", "clip.channels=[8,8,8,8,8]"], "halve data.size = 8 below"),
+])
+def test_model_shapes_that_cannot_be_built_are_refused(recipe, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        load_recipe(recipe, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_attention_sizes_of_a_latent_model_wait_for_the_latent_side():
+    """Before the VAE is read the latent side is unknown: sizes are checked again in
+    train.diffusion.resolve, with model.size filled in."""
+    c = load_recipe("shapes-latent", ["model.attention_resolutions=[4]"])
+    with pytest.raises(ConfigError, match=r"levels are 8, 4, 2 px, so 16 would get no"):
+        replace(c, model={"size": 8, "attention_resolutions": [16]})

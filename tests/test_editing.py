@@ -122,6 +122,8 @@ def test_python_api_bad_inputs(run, truth):
         img2img(run, truth[:1], strength=1.5)
     with pytest.raises(DataError, match="the mask is 32x32 but the image is 16x16"):
         inpaint(run, truth[:1], torch.ones(32, 32))
+    with pytest.raises(DataError, match="the image has NaN or infinite values"):
+        img2img(run, torch.full((1, 3, 16, 16), float("nan")))
     with pytest.raises(DataError, match="the image has 1 channels but the model"):
         inpaint(run, truth[:1, :1], left_half())
     with pytest.raises(ConfigError, match="--resample must be at least 1"):
@@ -145,11 +147,47 @@ def test_cli_end_to_end(run_dir, files, capsys):
                  "--class", "1", "--guidance", "2", "--resample", "2"]) == 0
     assert f"wrote {files / 'filled.png'}" in capsys.readouterr().out
     filled = np.asarray(Image.open(files / "filled.png"))
-    given = np.asarray(Image.open(files / "in.png"))[::2, ::2]  # 2x2 blocks of one colour
-    assert filled.shape == (16, 16, 3) and np.array_equal(filled[:, 8:], given[:, 8:])
+    given = np.asarray(Image.open(files / "in.png"))  # the input's size comes back
+    assert filled.shape == (32, 32, 3) and np.array_equal(filled[:, 16:], given[:, 16:])
     assert main(["img2img", str(run_dir), "--image", str(files / "in.png"), "--strength", "0.5",
                  "--sampler", "ddpm", "--steps", "6", "--out", str(files / "edit.png")]) == 0
-    assert Image.open(files / "edit.png").size == (16, 16)
+    assert Image.open(files / "edit.png").size == (32, 32)
+
+
+def test_images_keep_their_size(run, truth):
+    """Any input size in, the same size out (issue 14); the model works at 16 px inside, and
+    inpainting keeps every unmasked pixel of the input at its own size."""
+    image = torch.nn.functional.interpolate(truth[:2], size=(20, 26), mode="bilinear")
+    mask = torch.zeros(20, 26)
+    mask[:, :9] = 1  # not a whole number of model pixels: the fill covers it all
+    filled = inpaint(run, image, mask, steps=4, seed=1, progress=False)
+    assert filled.shape == image.shape
+    assert torch.equal(filled[..., 9:], image[..., 9:])
+    assert not torch.equal(filled[..., :9], image[..., :9])
+    edited = img2img(run, image, strength=0.5, steps=4, progress=False)
+    assert edited.shape == image.shape and edited.abs().max() <= 1
+    # a mask at the model's size is taken as covering the input's blocks
+    assert inpaint(run, image, left_half(), steps=2, progress=False).shape == image.shape
+    # at the model's own size nothing changes (see tests/test_golden.py)
+    same = inpaint(run, truth[:1], left_half(), steps=3, seed=2, progress=False)
+    assert same.shape == (1, 3, 16, 16)
+
+
+def test_cli_keeps_a_large_input_s_size(run_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (200, 260, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "big.png")
+    mask = np.zeros((200, 260), np.uint8)
+    mask[:, :130] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert main(["inpaint", str(run_dir), "--image", str(tmp_path / "big.png"), "--mask",
+                 str(tmp_path / "mask.png"), "--steps", "3", "--out",
+                 str(tmp_path / "f.png")]) == 0
+    filled = np.asarray(Image.open(tmp_path / "f.png"))
+    assert filled.shape == (200, 260, 3) and np.array_equal(filled[:, 130:], pixels[:, 130:])
+    assert main(["img2img", str(run_dir), "--image", str(tmp_path / "big.png"), "--steps", "3",
+                 "--out", str(tmp_path / "e.png")]) == 0
+    assert Image.open(tmp_path / "e.png").size == (260, 200)
 
 
 @pytest.mark.parametrize("args, message", [

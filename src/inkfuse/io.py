@@ -8,10 +8,23 @@ temporary file next to the destination, and only a complete file is renamed over
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # Windows has none (nor these symlinks)
+
+
+def write_new(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to a file that must not exist yet: O_EXCL and O_NOFOLLOW, so a file or a
+    symlink planted at the name is an error (FileExistsError) and is never written through.
+    For the temp file of `atomic_path`, whose name is fresh."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 @contextlib.contextmanager
@@ -29,11 +42,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.{secrets.token_hex(4)}.tmp{dest.suffix}")
+    while True:  # a unique name: two writers of one file never share a temp file
+        tmp = dest.with_name(f".{dest.stem}.{secrets.token_hex(8)}.tmp{dest.suffix}")
+        if not os.path.lexists(tmp):
+            break
     try:
         yield tmp
-        with open(tmp, "r+b") as f:  # raises FileNotFoundError if the writer wrote nothing
-            os.fsync(f.fileno())
+        # raises FileNotFoundError if the writer wrote nothing; never follows a symlink that
+        # was put in the file's place, and never renames one over the destination
+        fd = os.open(tmp, os.O_RDWR | _NOFOLLOW)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{tmp} is not a regular file")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, dest)
     except BaseException:  # also on KeyboardInterrupt: never leave the temporary file behind
         with contextlib.suppress(OSError):

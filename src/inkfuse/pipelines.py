@@ -11,6 +11,7 @@ decoding) that `sample` and the editing functions share.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -23,7 +24,7 @@ from inkfuse.diffusion.samplers import get_sampler
 from inkfuse.diffusion.samplers.walk import DenoiserFn, OnStep
 from inkfuse.diffusion.schedule import timestep_grid
 from inkfuse.diffusion.upsampling import enlarge, shrink, with_low_res
-from inkfuse.errors import ConfigError, InkfuseError
+from inkfuse.errors import CheckpointError, ConfigError, InkfuseError
 from inkfuse.runtime import keep_freed_memory
 
 
@@ -39,10 +40,15 @@ def parse_mix(prompt: str) -> tuple[list[str], tuple[float, ...]]:
         except ValueError:
             text, weight = part, 1.0
         texts.append((text if text.strip() else part).strip())
+        if not math.isfinite(weight):
+            raise ConfigError(f"the weight of {part.strip()!r} in {prompt!r} must be a finite "
+                              "number, e.g. 'a red circle :0.7 | a blue square :0.3'")
         weights.append(weight)
     if len(texts) > 1 and (min(weights) < 0 or sum(weights) <= 0):
         raise ConfigError(f"the weights of {prompt!r} must be >= 0 and not all 0")
     total = sum(weights)
+    if not math.isfinite(total):
+        raise ConfigError(f"the weights of {prompt!r} are too large: use weights like 0.7, 0.3")
     return texts, tuple(w / total for w in weights)
 
 
@@ -126,13 +132,19 @@ def draw(
 
     One generator, seeded with `seed`, draws everything in order (each batch's `prepare`, then
     its walk), so the same seed gives the same images. The network runs under the run's
-    autocast (`precision`), a progress bar counts `calls` (default len(grid)) steps per batch,
-    and latents are decoded to images. Returns [n, C, H, W] on the CPU, not clamped.
+    autocast (`precision`), a progress bar (on a terminal) counts `calls` (default len(grid))
+    steps per batch, and latents are decoded to images. Returns [n, C, H, W] on the CPU, not
+    clamped; non-finite images (NaN weights) are a CheckpointError, never written.
     `on_step(i, x, pred)` sees each intermediate batch, decoded like the result.
     """
-    batch_size = batch_size or n
+    if batch_size is None:
+        batch_size = n
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     gen = torch.Generator(run.device).manual_seed(seed)
-    bar = tqdm(total=(calls or len(grid)) * -(-n // batch_size), disable=not progress,
+    # the bar only on a terminal (tqdm's disable=None): in a log or a pipe it would be noise
+    # around the one line an error prints
+    bar = tqdm(total=(calls or len(grid)) * -(-n // batch_size), disable=None if progress else True,
                unit="step", desc=desc, dynamic_ncols=True)
 
     def step_hook(i: int, x: Tensor, pred: Prediction) -> None:
@@ -141,12 +153,22 @@ def draw(
             on_step(i, _decode(run, x), pred)
 
     out = []
-    for lo in range(0, n, batch_size):
-        hi = min(n, lo + batch_size)
-        x, cond = prepare(gen, lo, hi)
-        with run.autocast(precision):
-            x = walk(denoiser, x, grid, cond, generator=gen, on_step=step_hook)
-        out.append(_decode(run, x).cpu())
+    try:
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            x, cond = prepare(gen, lo, hi)
+            with run.autocast(precision):
+                x = walk(denoiser, x, grid, cond, generator=gen, on_step=step_hook)
+            x = _decode(run, x)
+            if not torch.isfinite(x).all():  # NaN weights or an overflow: never grey images
+                raise CheckpointError(f"the model in {run.dir} produced NaN or infinite values "
+                                      "and nothing was written; its weights are damaged or "
+                                      "diverged: retrain, or resume from an earlier checkpoint")
+            out.append(x.cpu())
+    except BaseException:  # an error or Ctrl-C: clear the bar, so the message is the one line
+        bar.leave = False
+        bar.close()
+        raise
     bar.close()
     return torch.cat(out)
 

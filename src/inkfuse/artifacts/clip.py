@@ -21,7 +21,7 @@ from inkfuse.artifacts.checkpoint import (
 from inkfuse.artifacts.open_clip import is_open_clip_spec, load_open_clip_spec
 from inkfuse.config import ClipConfig, ClipModelConfig, ClipSettings
 from inkfuse.errors import CheckpointError, ConfigError
-from inkfuse.io import atomic_path, copy_files
+from inkfuse.io import copy_files
 from inkfuse.nn.clip import CLIP
 from inkfuse.text.conditioner import MODES, TextConditioner
 from inkfuse.text.tokenizer import BPETokenizer
@@ -34,8 +34,7 @@ def save_clip(out_dir: Path, model: CLIP, tok: BPETokenizer, cfg: ClipConfig,
               metrics: dict[str, Any]) -> None:
     """Weights first, then the JSON that describes them; each file is replaced atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / WEIGHTS) as tmp:
-        save_tensors(tmp, model.state_dict(), kind="clip")
+    save_tensors(out_dir / WEIGHTS, model.state_dict(), kind="clip")  # atomic itself
     write_json(out_dir / META, {"format": FORMAT, "model": asdict(model.cfg),
                                 "config": cfg.to_dict(), "tokenizer": tok.to_dict(),
                                 "metrics": metrics})
@@ -52,20 +51,21 @@ _FLAT = {"data": "data.name", "path": "data.path", "size": "data.size", "count":
 def clip_recipe(meta: dict[str, Any], source: str = META) -> ClipConfig:
     """The recipe a CLIP run dir was trained with, from its clip.json (`load_clip`'s third
     value): what `inkfuse clip score` needs to draw the same held-out pairs again."""
-    raw: dict[str, dict[str, Any]] = {"data": {}, "clip": {}, "train": {}}
+    raw: dict[str, Any] = {"data": {}, "clip": {}, "train": {}}
     if "config" in meta:
         raw = meta["config"]
-    for key, value in meta.get("train", {}).items():
-        section, name = _FLAT.get(key, f"clip.{key}").split(".")
-        raw[section][name] = value.split(":")[0] if key == "device" else value  # cuda:1 -> cuda
     try:
+        for key, value in meta.get("train", {}).items():
+            section, name = _FLAT.get(key, f"clip.{key}").split(".")
+            cut = key == "device" and isinstance(value, str)
+            raw.setdefault(section, {})[name] = value.split(":")[0] if cut else value  # cuda:1
         return ClipConfig.from_dict(raw, source)
-    except ConfigError as e:
+    except (ConfigError, TypeError, AttributeError) as e:  # a section that is not a table
         raise CheckpointError(f"{source} holds no recipe of this inkfuse version ({e}); "
                               "train the CLIP again") from None
 
 
-def load_clip(run_dir: str | Path, device: str | torch.device = "cpu"
+def load_clip(run_dir: str | Path, device: str | torch.device = "cpu", *, trust: bool = False
               ) -> tuple[CLIP, BPETokenizer, dict[str, Any]]:
     """(model in eval mode, tokenizer, the whole clip.json) of a CLIP run dir, or of
     a pretrained model named `open_clip:MODEL:WEIGHTS` (see `artifacts.open_clip`; its model
@@ -73,9 +73,10 @@ def load_clip(run_dir: str | Path, device: str | torch.device = "cpu"
 
     Every tensor is checked against the architecture in clip.json, so weights of another model
     give a CheckpointError naming the first mismatch rather than a shape error deep in torch.
+    `trust` lets open_clip weights that could run code be loaded (see `load_open_clip`).
     """
     if is_open_clip_spec(run_dir):
-        return load_open_clip_spec(str(run_dir), device)
+        return load_open_clip_spec(str(run_dir), device, trust=trust)
     run = Path(run_dir)
     meta = read_json(run / META)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -97,12 +98,12 @@ def load_clip(run_dir: str | Path, device: str | torch.device = "cpu"
     return model.to(device).eval(), tok, meta
 
 
-def load_conditioner(spec: str | Path, mode: str, device: str | torch.device = "cpu"
-                     ) -> TextConditioner:
+def load_conditioner(spec: str | Path, mode: str, device: str | torch.device = "cpu", *,
+                     trust: bool = False) -> TextConditioner:
     """A CLIP run dir (or `open_clip:MODEL:WEIGHTS`) as a frozen text conditioner."""
     if mode not in MODES:
         raise ConfigError(f"text.conditioning = {mode!r} is not one of: {', '.join(MODES)}")
-    model, tokenizer, _ = load_clip(str(spec), device=device)
+    model, tokenizer, _ = load_clip(str(spec), device=device, trust=trust)
     model.requires_grad_(False)
     return TextConditioner(model, tokenizer, mode)
 

@@ -6,31 +6,55 @@ log reads as if the run had never stopped.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from inkfuse.io import atomic_path
+from inkfuse.artifacts.checkpoint import writing
+from inkfuse.errors import CheckpointError
+from inkfuse.io import atomic_path, write_new
 
 LOG = "log.jsonl"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def append_log(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
+    """One record as one write (a kill cuts at most the last line short); never through a
+    symlink put at the log's name."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o666)
+    with os.fdopen(fd, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
-    """The records of a log, skipping a last line cut short by a kill."""
+    """The records of a log. A last line without its newline is what a kill mid-write leaves
+    and is skipped; any other line that is not a record with an integer `step` means the file
+    was damaged or edited, and is one CheckpointError naming the line, not a silent gap."""
     if not path.is_file():
         return []
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} cannot be read ({e}); restore it or delete it") from None
+    lines = text.split("\n")
     records = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
+            if number == len(lines):  # no newline after it: cut short by a kill
+                continue
+            raise CheckpointError(f"{path} line {number} is not JSON ({line[:40]!r}); delete "
+                                  "that line (or the log) and run the same command again"
+                                  ) from None
+        if not (isinstance(record, dict) and isinstance(record.get("step"), int)
+                and not isinstance(record["step"], bool)):
+            raise CheckpointError(f"{path} line {number} is not a log record with an integer "
+                                  "'step'; delete that line (or the log) and run the same "
+                                  "command again")
+        records.append(record)
     return records
 
 
@@ -39,5 +63,5 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_log(path) if r["step"] <= step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    with writing(path), atomic_path(path) as tmp:  # a fresh unique name, created exclusively
+        write_new(tmp, "".join(json.dumps(r) + "\n" for r in kept).encode())

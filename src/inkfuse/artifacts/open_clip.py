@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import pickle
 import sys
 import zipfile
 from dataclasses import asdict, dataclass
@@ -297,30 +299,94 @@ def _is_torchscript(path: Path) -> bool:
         return any(Path(n).name == "constants.pkl" for n in archive.namelist())
 
 
-def _read_weights(path: Path, name: str, model: nn.Module) -> dict[str, Tensor]:
+TRUST_FLAG = "--trust-weights"
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _known_sha256(pcfg: dict[str, Any]) -> str | None:
+    """The sha256 of a pretrained tag's file where its release names one: OpenAI's download
+    URLs carry it as the folder (…/clip/models/<sha256>/ViT-B-32.pt, checked by OpenAI's own
+    loader too)."""
+    parts = str(pcfg.get("url", "")).rstrip("/").split("/")
+    digest = parts[-2] if len(parts) >= 2 else ""
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
+
+
+def _check_torchscript(path: Path, pcfg: dict[str, Any], trust: bool) -> None:
+    """A TorchScript archive is pickle inside: loading one can run its author's code. Load it
+    only if it is the file its pretrained tag names by sha256, or the user trusts it."""
+    if trust:
+        return
+    sha = _sha256(path)
+    if sha != _known_sha256(pcfg):
+        raise CheckpointError(f"{path} is not a known network (sha256 {sha[:16]}…): it is "
+                              "TorchScript, and loading it could run code in it; pass "
+                              f"{TRUST_FLAG} if you trust this file")
+
+
+def _plain_state_dict(path: Path, trust: bool) -> dict[str, Tensor]:
+    """A state dict from .safetensors, or from a torch.save file read with weights_only=True
+    (tensors and plain containers only, no code); a file that needs full unpickling is read
+    only with `trust`. Unwraps {"state_dict": ...} and DDP's "module." as open_clip does."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e):  # not a refused class or function: a damaged file
+            raise
+        if not trust:
+            raise CheckpointError(f"{path} holds pickled objects besides tensors, and loading "
+                                  f"it could run code in it; pass {TRUST_FLAG} if you trust "
+                                  "this file") from None
+        state = torch.load(str(path), map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of "
+                              "weights; pass a .pt, .bin or .safetensors state dict")
+    if state and all(str(k).startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _read_weights(path: Path, name: str, model: nn.Module, pcfg: dict[str, Any] | None = None,
+                  trust: bool = False) -> dict[str, Tensor]:
     """The state dict in `path`, checked tensor by tensor against `model`, so weights of
     another architecture give one line naming the first mismatch, not torch's list of all."""
-    from open_clip.factory import load_state_dict
-
+    torchscript = _is_torchscript(path)
+    if torchscript:
+        _check_torchscript(path, pcfg or {}, trust)
     try:
-        if _is_torchscript(path):
+        if torchscript:
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
             weights = {k: v for k, v in state.items() if k not in _TORCHSCRIPT_EXTRAS}
         else:
-            weights = load_state_dict(str(path))
+            weights = _plain_state_dict(path, trust)
+    except CheckpointError:
+        raise
     except Exception as e:  # torch.load and safetensors raise many types on a bad file
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} cannot be read as weights ({first}); is it a complete "
                               ".pt, .bin or .safetensors state dict?") from None
     check_weights(weights, model.state_dict(), path, f"open_clip {name}",
-                  fix="pass the model name the weights were trained as")
+                  fix="pass the model name the weights were trained as", cast_floats=True)
     return weights
 
 
-def load_open_clip(model_name: str, pretrained: str, device: str | torch.device = "cpu"
+def load_open_clip(model_name: str, pretrained: str, device: str | torch.device = "cpu",
+                   *, trust: bool = False
                    ) -> tuple[OpenClipModel, OpenClipTokenizer, dict[str, Any]]:
     """(model in eval mode, tokenizer, a description) of an open_clip architecture with the
-    weights of a file or a cached pretrained tag; offline, fp32."""
+    weights of a file or a cached pretrained tag; offline, fp32. Weights that could run code
+    when loaded (TorchScript not matching its tag's sha256, pickles beyond tensors) need
+    `trust` (the CLI's --trust-weights)."""
     open_clip = import_open_clip()
     cfg = _model_config(open_clip, model_name)
     path, pcfg = _weights_path(open_clip, model_name, pretrained)
@@ -328,7 +394,7 @@ def load_open_clip(model_name: str, pretrained: str, device: str | torch.device 
         cfg["quick_gelu"] = True
     # built directly: create_model would log that the model is random before our weights load
     clip = open_clip.CLIP(**cfg)
-    clip.load_state_dict(_read_weights(path, model_name, clip))
+    clip.load_state_dict(_read_weights(path, model_name, clip, pcfg, trust))
     mean = tuple(pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(pcfg.get("std", open_clip.OPENAI_DATASET_STD))
     model = OpenClipModel(clip, cfg["embed_dim"], mean, std).to(device).eval()
@@ -339,7 +405,7 @@ def load_open_clip(model_name: str, pretrained: str, device: str | torch.device 
     return model, tok, meta
 
 
-def load_open_clip_spec(spec: str, device: str | torch.device = "cpu"
+def load_open_clip_spec(spec: str, device: str | torch.device = "cpu", *, trust: bool = False
                         ) -> tuple[OpenClipModel, OpenClipTokenizer, dict[str, Any]]:
     """`load_open_clip` of "open_clip:MODEL:WEIGHTS"."""
-    return load_open_clip(*parse_spec(spec), device=device)
+    return load_open_clip(*parse_spec(spec), device=device, trust=trust)

@@ -88,19 +88,17 @@ class Run:
 
 
 def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.device = "cpu",
-             compile: bool = False) -> Run:
+             compile: bool = False, trust: bool = False) -> Run:
     """Load a run dir written by `train` (its config.json and latest checkpoint).
 
-    `compile` wraps the network in `torch.compile`, after tens of seconds of compiling per
-    batch shape. On the benchmark CPU the eager model is as fast (0.9–1.1×,
-    benchmarks/README.md); it is there for GPUs, where small models are launch-bound
-    (not yet measured with compile)."""
+    `compile` wraps the network in `torch.compile`, which compiles once per batch shape: it is
+    there for GPUs, where small models are launch-bound; on the CPU eager is as fast
+    (benchmarks/README.md). `trust` is for a run conditioned on pretrained open_clip
+    weights that could run code when loaded (TorchScript of unknown sha256)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run dir {run_dir} does not exist (train one with `inkfuse train`)")
-    raw = checkpoint.read_json(run_dir / "config.json")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{run_dir / 'config.json'} is not an inkfuse run config")
+    raw = checkpoint.read_json(run_dir / "config.json")  # its structure checked (schema.py)
     meta = raw.pop("dataset", {})
     try:
         config = config_mod.from_dict(raw, source=str(run_dir / "config.json"))
@@ -109,14 +107,18 @@ def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.devic
     schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps,
                         config.diffusion.beta_start, config.diffusion.beta_end)
     net = build_model(config.model, config.data.size, config.diffusion.timesteps)
-    weights = checkpoint.load_weights(run_dir, "ema" if ema else "model")
-    checkpoint.check_weights(weights, net.state_dict(), run_dir, "its config.json")
+    which = "ema" if ema else "model"
+    weights = checkpoint.load_weights(run_dir, which)
+    ckpt = checkpoint.find(run_dir) or run_dir
+    checkpoint.check_weights(weights, net.state_dict(), ckpt / f"{which}.safetensors",
+                             "its config.json", fix="restore the run dir from a copy or train "
+                             "it again")
     net.load_state_dict(weights)
     net.to(device).eval()
     text = None
     if config.data.labels in ("text", "clip-image"):
         spec = config.text.encoder if is_pretrained(config.text.encoder) else run_dir / "clip"
-        text = load_conditioner(spec, config.text.conditioning, device)
+        text = load_conditioner(spec, config.text.conditioning, device, trust=trust)
     latent = load_latent_space(run_dir / "vae", device) if config.data.vae else None
     if compile:
         net = torch.compile(net)

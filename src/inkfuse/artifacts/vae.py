@@ -16,7 +16,7 @@ from inkfuse.artifacts.checkpoint import load_tensors, read_json, save_tensors, 
 from inkfuse.config import VAEConfig, VAEModelConfig, build_section
 from inkfuse.diffusion.latent import LatentSpace
 from inkfuse.errors import CheckpointError, ConfigError
-from inkfuse.io import atomic_path, copy_files
+from inkfuse.io import copy_files
 from inkfuse.nn.vae import AutoencoderKL
 
 FORMAT = "inkfuse-vae-1"
@@ -26,8 +26,7 @@ WEIGHTS, META = "vae.safetensors", "vae.json"
 def save_vae(run: Path, model: AutoencoderKL, cfg: VAEConfig, metrics: dict[str, Any]) -> None:
     """Weights (with the scale factor) first, then the JSON that describes them; each atomic."""
     run.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run / WEIGHTS) as tmp:
-        save_tensors(tmp, model.state_dict(), kind="vae")
+    save_tensors(run / WEIGHTS, model.state_dict(), kind="vae")  # atomic itself
     write_json(run / META, {"format": FORMAT, "model": asdict(model.cfg),
                             "image_size": model.image_size, "config": cfg.to_dict(),
                             "metrics": metrics})

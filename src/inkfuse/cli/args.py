@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,9 +37,11 @@ class _Number(argparse.Action):
     each value against [lo, hi] (lo excluded with `lo_open`), naming the flag in the error."""
 
     def __init__(self, option_strings: list[str], dest: str, *, kind: type, lo: float | None,
-                 hi: float | None, lo_open: bool, many: bool, **kwargs: Any) -> None:
+                 hi: float | None, lo_open: bool, many: bool, most: float | None,
+                 **kwargs: Any) -> None:
         super().__init__(option_strings, dest, **kwargs)
         self.kind, self.lo, self.hi, self.lo_open, self.many = kind, lo, hi, lo_open, many
+        self.most = most
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
@@ -60,26 +64,49 @@ class _Number(argparse.Action):
         low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         if low or (self.hi is not None and value > self.hi):
             raise ConfigError(f"{flag} must be {self._range()}, got {text}")
+        if self.most is not None and value > self.most:
+            raise ConfigError(f"{flag} must be at most {self._text(self.most)}, got {text}")
         return value
 
+    def _text(self, v: float) -> str:
+        return f"{v:g}" if self.kind is float else str(int(v))
+
     def _range(self) -> str:
-        if self.lo is not None and self.hi is not None:
-            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
-        if self.lo is not None:
-            return f"{'greater than' if self.lo_open else 'at least'} {self.lo:g}"
-        return f"at most {self.hi:g}"
+        lo, hi = (None if v is None else self._text(v) for v in (self.lo, self.hi))
+        if lo is not None and hi is not None:
+            return f"in {'(' if self.lo_open else '['}{lo}, {hi}]"
+        if lo is not None:
+            return f"{'greater than' if self.lo_open else 'at least'} {lo}"
+        return f"at most {hi}"
 
 
 def number(kind: type = int, *, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False, many: bool = False) -> Callable[..., argparse.Action]:
+           lo_open: bool = False, many: bool = False, most: float | None = None
+           ) -> Callable[..., argparse.Action]:
     """An argparse `action=` for a numeric flag: `kind` (int or float), finite, in [lo, hi];
-    `many` reads a comma-separated list (`--guidance 0,1,2`) into a list.
+    `many` reads a comma-separated list (`--guidance 0,1,2`) into a list. `most` is a sanity
+    cap rather than part of the meaning (`--n` at most 100,000): its error says "at most",
+    and a value below `lo` still reads "must be at least lo".
 
         p.add_argument("--steps", action=number(int, lo=1), default=None)
         p.add_argument("--strength", action=number(float, lo=0, hi=1, lo_open=True))
 
-    A default is taken as given (it is ours, not the user's)."""
-    return functools.partial(_Number, kind=kind, lo=lo, hi=hi, lo_open=lo_open, many=many)
+    A default is taken as given (it is ours, not the user's). Every numeric flag has a range:
+    one without `lo` or `hi` is a mistake of ours, refused when the parser is built. `None`
+    (the usual default) means "not given"; a command tests `is None`, never truthiness, so a
+    0 is never swapped for a default."""
+    if lo is None and hi is None and most is None:
+        raise TypeError("number(...) needs a range: give lo, hi or most")
+    return functools.partial(_Number, kind=kind, lo=lo, hi=hi, lo_open=lo_open, many=many,
+                             most=most)
+
+
+# the upper ends of the ranges the commands share: beyond them a run would only exhaust memory
+# or time, or overflow an int64 (seeds, class ids)
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+N_MAX = 100_000  # samples in one command (eval's --n: more)
+STEPS_MAX = 100_000  # sampler steps (a schedule's T is at most this)
+GUIDANCE_MAX = 1000.0
 
 
 class LazyHelp(str):
@@ -111,15 +138,58 @@ SAMPLER_HELP = LazyHelp(_sampler_help)
 
 
 def out_path(path: str | Path, *suffixes: str, flag: str = "--out") -> Path:
-    """`path` if it ends in one of `suffixes` (e.g. ".png", ".npz"), its folder created.
+    """`path` if it ends in one of `suffixes` (e.g. ".png", ".npz") and can be written.
 
-    Called before any slow work, so a typo costs nothing; the writers pick the format from the
-    suffix, so an unknown one would otherwise fail only after sampling."""
+    Called before any slow work, so a typo costs nothing: the suffix is known (the writers pick
+    the format from it), the path is not a folder nor a read-only file, and its nearest existing
+    folder is a folder we may write in. Nothing is created here: the writer (`io.atomic_path`)
+    makes missing folders only when it writes, so a command that fails leaves none behind."""
     out = Path(path)
     if out.suffix.lower() not in suffixes:
         raise ConfigError(f"{flag} {path}: use a file ending in {', '.join(suffixes)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder: give a file path inside it, e.g. "
+                          f"{out / ('out' + suffixes[0])}")
+    if out.exists() and (not out.is_file() or not os.access(out, os.W_OK)
+                         or not out.stat().st_mode & 0o222):
+        raise ConfigError(f"{flag} {path} exists and is read-only: make it writable "
+                          "(chmod u+w) or choose another path")
+    folder = out.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: {folder} is a file, not a folder; choose another "
+                          "path")
+    _check_writable(folder, f"{flag} {path}")
     return out
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """A one-line ConfigError unless a file can be created in `folder` (tried, then removed:
+    permission bits say nothing about a read-only mount, nor about root)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".inkfuse-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot write in {folder} ({e.strerror or e}); choose "
+                          "another path or fix the folder's permissions") from None
+
+
+def existing_run(path: str | Path, what: str = "run dir") -> str | Path:
+    """`path`, unless it is a file where a run dir (a folder) is expected."""
+    if Path(path).is_file():
+        raise ConfigError(f"{path} is a file, not a {what}: give the folder that "
+                          f"`inkfuse train` wrote (with config.json and checkpoint/)")
+    return path
+
+
+def add_trust_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--trust-weights`: load `what` even when it is not a file known by its sha256.
+    TorchScript and pickled weights can run code of whoever made them, so the library refuses
+    them unless told (its `trust=True`)."""
+    parser.add_argument("--trust-weights", action="store_true",
+                        help=f"load {what} that is not a known file (it can run code: only "
+                             "for files you trust)")
 
 
 # --- the train grammar ----------------------------------------------------------------------
@@ -144,6 +214,7 @@ def add_set_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", action=number(float, lo=0), default=None,
                         help="stop cleanly after this long (0 = no limit); rerun to resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(resumable=True)  # Ctrl-C keeps the last checkpoint (see app.main)
 
 
 def overrides(args: argparse.Namespace, sets: list[str] | None = None) -> list[str]:
@@ -158,7 +229,11 @@ def run_dir(args: argparse.Namespace) -> Path:
     what makes rerunning the command resume it."""
     from inkfuse.config import resolve_recipe
 
-    return Path(args.out) if args.out else Path("runs") / resolve_recipe(args.recipe).stem
+    out = Path(args.out) if args.out else Path("runs") / resolve_recipe(args.recipe).stem
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a run dir: give a folder (a new one, or "
+                          "the run to resume)")
+    return out
 
 
 # --- conditions and prompts -----------------------------------------------------------------
@@ -168,10 +243,12 @@ def add_condition_args(parser: argparse.ArgumentParser, *, context: bool, many: 
     """--class, --prompt and (with `context`) --context, one of them at a time; with `many`,
     --prompt repeats (a grid row each) and --prompts-file reads more. `condition` reads them."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--class", dest="class_id", action=number(int, lo=0), default=None,
+    group.add_argument("--class", dest="class_id", action=number(int, lo=0, most=SEED_MAX),
+                       default=None,
                        help="class id to draw or steer towards")
     if context:
-        group.add_argument("--context", action=number(float, many=True), default=None,
+        group.add_argument("--context", action=number(float, lo=-1e6, hi=1e6, many=True),
+                           default=None,
                            help="context vector, e.g. 1,0,0,0.5,0")
     group.add_argument("--prompt", action="append" if many else "store", default=None,
                        help="text prompt (text-conditioned models); mix prompts with "
@@ -190,8 +267,12 @@ def read_prompts(args: argparse.Namespace) -> list[str] | None:
     if file:
         try:
             lines = Path(file).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read --prompts-file {file}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--prompts-file {file} is not UTF-8 text (byte {e.start}): save "
+                              "it as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read --prompts-file {file}: {e.strerror or e}; check the "
+                              "path") from None
         prompts += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         if not prompts:
             raise ConfigError(f"--prompts-file {file} has no prompts (one per line)")
@@ -211,30 +292,25 @@ def condition(args: argparse.Namespace) -> dict[str, Any]:
 # --- image files ----------------------------------------------------------------------------
 
 
-def read_image(path: str | Path, size: int, channels: int
-               ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One image file as float [1, channels, size, size] in [-1, 1] (centre crop, resize), and
-    its size (w, h) as given, against which a mask is checked."""
+def read_image(path: str | Path, channels: int) -> torch.Tensor:
+    """One image file as float [1, channels, H, W] in [-1, 1] at its own size (16-bit and palette
+    files scaled by `load_image`); the editing functions resize it for the model and back."""
     from inkfuse.data.folder import load_image
-    from inkfuse.data.transforms import resize
 
-    pixels = load_image(path, None, channels)
-    original = (pixels.shape[2], pixels.shape[1])
-    return resize(pixels[None], size).float() / 127.5 - 1, original
+    return load_image(path, None, channels)[None].float() / 127.5 - 1
 
 
-def read_mask(path: str | Path, size: int, image_size: tuple[int, int]) -> torch.Tensor:
-    """A greyscale mask file as float [1, 1, size, size]: 1 where it is over 50 % (fill), else 0.
+def read_mask(path: str | Path, image_size: tuple[int, int]) -> torch.Tensor:
+    """A greyscale mask file as float [1, 1, H, W]: 1 where it is over 50 % (fill), else 0.
     It must have the image's size (w, h), so that it covers what the user drew it over."""
     from inkfuse.data.folder import load_image
-    from inkfuse.data.transforms import resize
 
     mask = load_image(path, None, 1)
     w, h = image_size
     if tuple(mask.shape[1:]) != (h, w):
         raise DataError(f"{Path(path).name} is {mask.shape[2]}x{mask.shape[1]} but the image is "
                         f"{w}x{h}: give a mask of the same size")
-    return (resize(mask[None], size).float() > 127.5).float()
+    return (mask[None].float() > 127.5).float()
 
 
 def read_images(sources: Sequence[str | Path], size: int, channels: int) -> torch.Tensor:

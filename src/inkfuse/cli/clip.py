@@ -15,7 +15,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from inkfuse.cli.args import add_train_args, number, out_path, overrides, read_images, run_dir
+from inkfuse.cli.args import (
+    SEED_MAX,
+    add_train_args,
+    add_trust_arg,
+    existing_run,
+    number,
+    out_path,
+    overrides,
+    read_images,
+    run_dir,
+)
 from inkfuse.errors import ConfigError
 from inkfuse.lazy import lazy_names
 
@@ -33,9 +43,11 @@ def add_parser(subparsers: Any) -> None:
                         "or a captioned folder")
     add_train_args(tr, "CLIP recipe", default="clip-shapes")
     # shorthands, and the spellings from before clip train took a recipe (see _old_spellings)
-    for flag, key in (("--steps", "train.steps"), ("--size", "data.size"),
-                      ("--seed", "train.seed")):
-        tr.add_argument(flag, action=number(int), default=None, help=f"shorthand for --set {key}=N")
+    for flag, key, lo, hi in (("--steps", "train.steps", 1, None),
+                              ("--size", "data.size", 1, 4096),
+                              ("--seed", "train.seed", 0, SEED_MAX)):
+        tr.add_argument(flag, action=number(int, lo=lo, most=hi), default=None,
+                        help=f"shorthand for --set {key}=N")
     tr.add_argument("--folder", default=None, help="train on this folder's captions.csv/.jsonl "
                     "instead of shapes (shorthand for --set data.name=folder data.path=...)")
     tr.set_defaults(fn=cmd_train)
@@ -52,6 +64,7 @@ def add_parser(subparsers: Any) -> None:
                     help="an image file, one heat-map row (repeat)")
     si.add_argument("--text", action="append", required=True, help="a prompt (repeat)")
     si.add_argument("--out", required=True, help=".png to write")
+    add_trust_arg(si, "open_clip weights")
     si.set_defaults(fn=cmd_similarity)
 
 
@@ -107,7 +120,7 @@ def cmd_score(args: argparse.Namespace) -> None:
                           f"on, which {args.run_dir} has none of; compare it with images and "
                           "prompts of yours: inkfuse clip similarity")
     out = out_path(args.out or Path(args.run_dir) / "score.json", ".json")
-    model, tok, meta = load_clip(args.run_dir)
+    model, tok, meta = load_clip(existing_run(args.run_dir, "CLIP run dir"))
     cfg = clip_recipe(meta)
     _, held = clip_pairs(cfg)  # the held-out pairs of training
     metrics = evaluate_clip(model, tok, cfg, held)
@@ -122,7 +135,8 @@ def cmd_similarity(args: argparse.Namespace) -> None:
     from inkfuse.text.tokenizer import check_prompt
 
     out = out_path(args.out, ".png")
-    model, tok, _ = load_clip(args.run_dir)
+    model, tok, _ = load_clip(existing_run(args.run_dir, "CLIP run dir"),
+                              trust=args.trust_weights)
     for text in args.text:
         check_prompt(tok, text)
     images = read_images(args.image, model.cfg.image_size, model.cfg.in_channels)

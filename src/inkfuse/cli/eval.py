@@ -16,7 +16,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from inkfuse.cli.args import SAMPLER_HELP, LazyHelp, number, out_path
+from inkfuse.cli.args import (
+    GUIDANCE_MAX,
+    N_MAX,
+    SAMPLER_HELP,
+    SEED_MAX,
+    STEPS_MAX,
+    LazyHelp,
+    add_trust_arg,
+    existing_run,
+    number,
+    out_path,
+)
 from inkfuse.errors import ConfigError
 
 
@@ -34,20 +45,20 @@ def add_parser(subparsers: Any) -> None:
                     "compute metrics against the dataset's test split.")
     ev.add_argument("run_dir", help="run dir, or an .npz of samples (then give --dataset)")
     ev.add_argument("--metric", default="fid", help=LazyHelp(_metric_help))
-    ev.add_argument("--n", action=number(int, lo=1), default=1000,
+    ev.add_argument("--n", action=number(int, lo=1, most=1_000_000), default=1000,
                     help="samples to draw (default 1000)")
     ev.add_argument("--sampler", default=None, help=SAMPLER_HELP)
-    ev.add_argument("--steps", action=number(int, lo=1), default=None)
-    ev.add_argument("--guidance", action=number(float, lo=0), default=None,
+    ev.add_argument("--steps", action=number(int, lo=1, most=STEPS_MAX), default=None)
+    ev.add_argument("--guidance", action=number(float, lo=0, most=GUIDANCE_MAX), default=None,
                     help="CFG weight (default: recipe)")
     ev.add_argument("--eta", action=number(float, lo=0, hi=1), default=None)
-    ev.add_argument("--seed", action=number(int, lo=0), default=0)
-    ev.add_argument("--batch-size", action=number(int, lo=1), default=256)
+    ev.add_argument("--seed", action=number(int, lo=0, most=SEED_MAX), default=0)
+    ev.add_argument("--batch-size", action=number(int, lo=1, most=N_MAX), default=256)
     ev.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     ev.add_argument("--compile", action="store_true", help="torch.compile the network (tens of "
                     "seconds of compiling; no faster than eager on the benchmark CPU)")
     ev.add_argument("--dataset", default=None, help="reference dataset for an .npz input")
-    ev.add_argument("--ref-n", action=number(int, lo=1), default=None,
+    ev.add_argument("--ref-n", action=number(int, lo=2, most=10_000_000), default=None,
                     help="real images to compare with (default: the whole test split). Inception "
                          "runs at ~6 images/s on a 2-core CPU, so 10,000 take ~30 min, once: "
                          "the statistics are cached")
@@ -55,6 +66,7 @@ def add_parser(subparsers: Any) -> None:
                     help="FID preprocessing: clean-fid's PIL bicubic (default) or pytorch-fid's")
     ev.add_argument("--fid-weights", default=None,
                     help="Inception TorchScript file (default: $INKFUSE_FID_WEIGHTS or data dir)")
+    add_trust_arg(ev, "an --fid-weights file, or a run's open_clip text encoder,")
     ev.add_argument("--out", default=None, help="also write the results to this .json file")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(fn=cmd_eval)
@@ -101,18 +113,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                   "cifar10, shapes) to compare against")
             results = evaluate_npz(source, metrics, args.dataset, reference_n=args.ref_n,
                                    resize=args.resize, fid_weights=args.fid_weights,
-                                   progress=not args.quiet, seed=args.seed)
+                                   progress=not args.quiet, seed=args.seed,
+                                   trust_weights=args.trust_weights)
         else:
             if args.dataset:
                 raise ConfigError("--dataset applies to .npz inputs; a run dir compares "
                                   "against its own dataset")
+            existing_run(source)
             if args.compile:
-                source = load_run(source, ema=not args.no_ema, compile=True)
+                source = load_run(source, ema=not args.no_ema, compile=True,
+                                  trust=args.trust_weights)
             results = evaluate(source, metrics, n=args.n, sampler=args.sampler,
                                steps=args.steps, guidance=args.guidance, seed=args.seed,
                                eta=args.eta, ema=not args.no_ema, batch_size=args.batch_size,
                                reference_n=args.ref_n, resize=args.resize,
-                               fid_weights=args.fid_weights, progress=not args.quiet)
+                               fid_weights=args.fid_weights, progress=not args.quiet,
+                               trust_weights=args.trust_weights)
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"inkfuse: warning: {w.message}", file=sys.stderr)

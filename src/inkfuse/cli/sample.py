@@ -15,9 +15,15 @@ import argparse
 from typing import Any
 
 from inkfuse.cli.args import (
+    GUIDANCE_MAX,
+    N_MAX,
     SAMPLER_HELP,
+    SEED_MAX,
+    STEPS_MAX,
     add_condition_args,
+    add_trust_arg,
     condition,
+    existing_run,
     number,
     out_path,
     write_npz,
@@ -29,18 +35,19 @@ def add_parser(subparsers: Any) -> None:
     """Register `sample` on the main parser's subparsers."""
     sa = subparsers.add_parser("sample", help="draw images from a trained run")
     sa.add_argument("run_dir")
-    sa.add_argument("--n", action=number(int, lo=1), default=16,
+    sa.add_argument("--n", action=number(int, lo=1, most=N_MAX), default=16,
                     help="samples (per prompt and guidance weight)")
     sa.add_argument("--sampler", default=None, help=SAMPLER_HELP)
-    sa.add_argument("--steps", action=number(int, lo=1), default=None)
+    sa.add_argument("--steps", action=number(int, lo=1, most=STEPS_MAX), default=None)
     sa.add_argument("--spacing", default=None,
                     help="timestep grid: leading, trailing, linspace or karras (default: the "
                          "sampler's own)")
     sa.add_argument("--eta", action=number(float, lo=0, hi=1), default=None,
                     help="DDIM noise: 0 deterministic")
-    sa.add_argument("--churn", action=number(float, lo=0), default=None,
+    sa.add_argument("--churn", action=number(float, lo=0, most=1000), default=None,
                     help="EDM S_churn (euler, heun)")
-    sa.add_argument("--guidance", action=number(float, lo=0, many=True), default=None,
+    sa.add_argument("--guidance", action=number(float, lo=0, most=GUIDANCE_MAX, many=True),
+                    default=None,
                     help="CFG weight w in eps_u + w (eps_c - eps_u); 1 = no guidance; "
                          "several (0,1,2,4,8) give one row each")
     sa.add_argument("--rescale", action=number(float, lo=0, hi=1), default=None,
@@ -48,12 +55,13 @@ def add_parser(subparsers: Any) -> None:
     add_condition_args(sa, context=True, many=True)
     sa.add_argument("--upsample", default=None, metavar="SR_RUN",
                     help="a super-resolution run that draws the samples again, larger")
-    sa.add_argument("--seed", action=number(int, lo=0), default=0)
+    sa.add_argument("--seed", action=number(int, lo=0, most=SEED_MAX), default=0)
     sa.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     sa.add_argument("--compile", action="store_true", help="torch.compile the network (tens of "
                     "seconds of compiling; no faster than eager on the benchmark CPU)")
     sa.add_argument("--no-noise", action="store_true",
                     help="DDPM without fresh noise per step (to see why it is needed)")
+    add_trust_arg(sa, "a run's open_clip text encoder")
     sa.add_argument("--out", required=True, help=".png grid, .gif animation or .npz arrays")
     sa.set_defaults(fn=cmd_sample)
 
@@ -65,7 +73,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from inkfuse import pipelines, viz
 
     out = out_path(args.out, ".png", ".gif", ".npz")
-    run = pipelines.load_run(args.run_dir, ema=not args.no_ema, compile=args.compile)
+    run = pipelines.load_run(existing_run(args.run_dir), ema=not args.no_ema,
+                             compile=args.compile, trust=args.trust_weights)
     s = run.config.sample
     cond = condition(args)
     prompts = cond["prompts"]
@@ -80,13 +89,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     # does not take (--churn for ddim) is a one-line error from `sample`
     given = {"eta": args.eta, "churn": args.churn, "noise": False if args.no_noise else None}
     options = dict(
-        sampler=sampler, steps=args.steps or s.steps, seed=args.seed, progress=True,
+        sampler=sampler, steps=s.steps if args.steps is None else args.steps, seed=args.seed,
+        progress=True,
         rescale=s.guidance_rescale if args.rescale is None else args.rescale,
         spacing=args.spacing,
         on_step=(lambda i, x, p: frames.append(x.clamp(-1, 1).cpu())) if out.suffix == ".gif"
         else None,
     ) | pipelines.recipe_options(run, sampler) | {k: v for k, v in given.items() if v is not None}
-    sr = pipelines.load_run(args.upsample) if args.upsample else None
+    sr = (pipelines.load_run(existing_run(args.upsample), trust=args.trust_weights)
+          if args.upsample else None)
     if sr is not None and out.suffix == ".gif":
         raise ConfigError("--upsample writes the final images: use a .png or .npz --out")
 

@@ -18,7 +18,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inkfuse.cli.args import add_train_args, out_path, overrides, read_images, run_dir, write_images
+from inkfuse.cli.args import (
+    add_train_args,
+    existing_run,
+    out_path,
+    overrides,
+    read_images,
+    run_dir,
+    write_images,
+)
 from inkfuse.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -82,7 +90,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     from inkfuse.io import atomic_path
 
     out = out_path(args.out, ".safetensors")
-    vae = load_vae(args.run_dir)
+    vae = load_vae(existing_run(args.run_dir, "VAE run dir"))
     images = read_images(args.image, vae.image_size, vae.cfg.in_channels)
     with torch.no_grad():  # in batches of 256, as floats in [-1, 1]
         latents = torch.cat([vae.encode(x.float() / 127.5 - 1).mean * vae.scale_factor
@@ -118,7 +126,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from inkfuse.artifacts.vae import load_vae
 
     out = out_path(args.out, ".png", ".npz")
-    vae = load_vae(args.run_dir)
+    vae = load_vae(existing_run(args.run_dir, "VAE run dir"))
     latents = read_latents(args.latents, vae.cfg.latent_channels)
     with torch.no_grad():
         images = torch.cat([vae.decode(z / vae.scale_factor).clamp(-1, 1)

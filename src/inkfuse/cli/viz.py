@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inkfuse.cli.args import number, out_path
+from inkfuse.cli.args import SEED_MAX, number, out_path
 
 if TYPE_CHECKING:
     from inkfuse.config import Config
@@ -23,10 +23,10 @@ def add_parser(subparsers: Any) -> None:
     vz.add_argument("what", choices=["forward", "schedule"])
     vz.add_argument("source", help="recipe (file or name) or run dir")
     vz.add_argument("--out", required=True, help=".png (schedule), .png or .gif (forward)")
-    vz.add_argument("--n", action=number(int, lo=1), default=4, help="images (forward)")
-    vz.add_argument("--columns", action=number(int, lo=1), default=8,
+    vz.add_argument("--n", action=number(int, lo=1, most=256), default=4, help="images (forward)")
+    vz.add_argument("--columns", action=number(int, lo=1, most=100), default=8,
                     help="noise levels shown (forward)")
-    vz.add_argument("--seed", action=number(int, lo=0), default=0)
+    vz.add_argument("--seed", action=number(int, lo=0, most=SEED_MAX), default=0)
     vz.set_defaults(fn=cmd_viz)
 
 

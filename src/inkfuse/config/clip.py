@@ -35,7 +35,8 @@ class ClipSettings:
 
     vocab_size: int = bounded(512, 259, 100_000, doc="BPE vocabulary incl. 256 bytes + 3 specials")
     context_length: int = bounded(32, 4, 1024, doc="tokens per prompt, incl. <sot> and <eot>")
-    channels: list[int] = listed([32, 64, 128], doc="image CNN stage widths")
+    channels: list[int] = listed([32, 64, 128], doc="image CNN stage widths (each at least 1)",
+                                 lo=1)
     width: int = bounded(128, 8, 4096, doc="text transformer width")
     layers: int = bounded(3, 1, 48)
     heads: int = bounded(4, 1, 64)
@@ -63,6 +64,13 @@ class ClipConfig(Recipe):
         if d.hflip or d.crop_padding or d.vae or d.low_res or d.holdout:
             raise ConfigError("a CLIP recipe takes no data.hflip, crop_padding, vae, low_res or "
                               "holdout (a flip would swap left and right in the captions)")
+        if not c.channels:
+            raise ConfigError("clip.channels needs at least one image stage, e.g. [32, 64, 128]")
+        # the image tower halves the image between stages (2x average pooling)
+        if d.size >> (len(c.channels) - 1) < 1:
+            raise ConfigError(f"clip.channels has {len(c.channels)} stages, which halve "
+                              f"data.size = {d.size} below 1 px; use fewer stages or larger "
+                              "images")
         if c.width % c.heads:
             raise ConfigError(f"clip.width = {c.width} is not divisible by clip.heads = "
                               f"{c.heads}; pick a width that is a multiple of the head count")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -33,8 +34,17 @@ def bounded(default: Any, lo: float | None = None, hi: float | None = None, doc:
     return field(default=default, metadata={"range": (lo, hi), "doc": doc})
 
 
-def listed(default: list, doc: str = "") -> Any:
-    return field(default_factory=lambda: list(default), metadata={"doc": doc})
+def listed(default: list, doc: str = "", lo: float | None = None) -> Any:
+    """A list field; `lo` is the least value each entry may take (a width multiplier of 0 or a
+    negative feature-map size would only fail later, inside a network constructor)."""
+    meta: dict[str, Any] = {"doc": doc}
+    if lo is not None:
+        meta["item_range"] = (lo, None)  # (least, greatest); no list needs a greatest yet
+    return field(default_factory=lambda: list(default), metadata=meta)
+
+
+def _span(lo: float | None, hi: float | None) -> str:
+    return f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -60,14 +70,29 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _check(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    """One field's value against its metadata. NaN and infinity are refused for every float
+    first, whatever its range says: NaN compares false with both ends of a range, so it would
+    slip through a range check and train to NaN weights (an EMA decay) or fail deep inside
+    the optimizer (a learning rate), and an open-ended range would let infinity in."""
+    for i, item in enumerate(value if isinstance(value, list) else [value]):
+        if isinstance(item, float) and not math.isfinite(item):
+            where = f"{key}[{i}]" if isinstance(value, list) else key
+            span = _span(*meta.get("range", (None, None)))
+            raise ConfigError(f"{where} = {item!r} is not a finite number; give a number in "
+                              f"{span}")
     if "choices" in meta and value not in meta["choices"]:
         options = ", ".join(map(str, meta["choices"]))
         raise ConfigError(f"{key} = {value!r} is not one of: {options}")
     if "range" in meta:
         lo, hi = meta["range"]
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-            raise ConfigError(f"{key} = {value!r} is out of range {span}")
+            raise ConfigError(f"{key} = {value!r} is out of range {_span(lo, hi)}")
+    if "item_range" in meta:
+        lo, _ = meta["item_range"]
+        for i, item in enumerate(value):
+            if item < lo:
+                raise ConfigError(f"{key} = {value!r}: entry {i} is {item!r}, but every entry "
+                                  f"must be at least {lo}")
 
 
 def build_section(cls: type, table: dict[str, Any], name: str, source: str,

@@ -60,9 +60,11 @@ class ModelConfig:
     null_condition: str = choice("learned", "learned", "empty-prompt",
                                  doc="what a dropped condition becomes (text: the empty prompt)")
     base_channels: int = bounded(64, 4, 4096)
-    channel_mult: list[int] = listed([1, 2, 2])
+    channel_mult: list[int] = listed([1, 2, 2], doc="width multipliers of base_channels, one "
+                                     "per level (each at least 1)", lo=1)
     blocks_per_level: int = bounded(1, 1, 8)
-    attention_resolutions: list[int] = listed([], doc="feature-map sizes with self-attention")
+    attention_resolutions: list[int] = listed([], doc="feature-map sizes with self-attention",
+                                              lo=1)
     head_dim: int = bounded(32, 4, 1024)
     norm: str = choice("group", "group", "batch")
     groups: int = bounded(8, 1, 256)
@@ -178,12 +180,7 @@ def _check_consistency(config: Config) -> None:
             f"{what} = {side} must be divisible by 2^(levels-1) = {2 ** (levels - 1)} "
             f"for model.channel_mult with {levels} levels"
         )
-    for mult in m.channel_mult:
-        if m.norm == "group" and (m.base_channels * mult) % m.groups:
-            raise ConfigError(
-                f"model.base_channels * channel_mult = {m.base_channels * mult} is not divisible "
-                f"by model.groups = {m.groups}"
-            )
+    check_unet_shapes(m, None if d.vae and not m.size else side)
     cross = m.token_dim or (d.labels == "text" and config.text.conditioning != "pooled")
     if cross and not m.attention_resolutions:
         raise ConfigError("cross-attention lives in the attention levels: set "
@@ -198,3 +195,44 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("data.labels = 'clip-image' conditions on one embedding per image: "
                           "use text.conditioning = 'pooled'")
 
+
+def check_unet_shapes(m: ModelConfig, side: int | None) -> None:
+    """What `nn.unet.UNet` needs to build the network it was asked for, refused here in one line
+    rather than as a shape error at step 1 (or not at all: an attention size that no level has
+    used to train a U-Net without attention). `side` is the side the U-Net denoises; None while
+    it is unknown (latent diffusion before the VAE is read), when the size rules wait for the
+    second check that `train.diffusion.resolve` makes with the latent side filled in."""
+    widths = [m.base_channels * mult for mult in m.channel_mult]  # down and up path alike
+    if m.norm == "group":
+        for width in widths:
+            if width % m.groups:
+                raise ConfigError(
+                    f"model.base_channels * channel_mult = {width} is not divisible "
+                    f"by model.groups = {m.groups}"
+                )
+    if m.time_embedding == "sinusoidal" and m.kind == "unet" and m.base_channels % 2:
+        raise ConfigError(f"model.base_channels = {m.base_channels} must be even for the "
+                          "sinusoidal time embedding (sin and cos halves); use an even width")
+    if not m.attention_resolutions:
+        return
+    attended: dict[int, str] = {}  # width -> where it is attended first
+    if side is not None:
+        sizes = [side // 2**level for level in range(len(widths))]
+        missing = [r for r in m.attention_resolutions if r not in sizes]
+        if missing:
+            raise ConfigError(
+                f"model.attention_resolutions = {m.attention_resolutions}: the U-Net's levels "
+                f"are {', '.join(map(str, sizes))} px, so {', '.join(map(str, missing))} would "
+                "get no attention; list sizes from those")
+        for size, width in zip(sizes, widths, strict=True):
+            if size in m.attention_resolutions:
+                attended.setdefault(width, f"the {size} px level")
+    attended.setdefault(widths[-1], "the mid block")  # which attends at the deepest width
+    for width, where in attended.items():
+        if width % m.head_dim:
+            fits = [h for h in (4, 8, 16, 32, 64) if all(w % h == 0 for w in attended)]
+            hint = f", e.g. {fits[-1]}" if fits else ""
+            raise ConfigError(
+                f"model.head_dim = {m.head_dim} does not divide the width {width} of {where} "
+                f"(base_channels * channel_mult); attention splits the width into heads of "
+                f"head_dim channels: pick a head_dim that divides every attended width{hint}")

@@ -26,7 +26,7 @@ class VAEModelConfig:
     base_channels: int = bounded(64, 4, 4096)
     channel_mult: list[int] = listed(
         [], doc="width multipliers, one per level: 3 for down_factor 4, 4 for 8 "
-                "(empty = [1, 2, 2] or [1, 2, 4, 4])")
+                "(empty = [1, 2, 2] or [1, 2, 4, 4]; each at least 1)", lo=1)
     blocks_per_level: int = bounded(1, 1, 8)
     attention: bool = False
     head_dim: int = bounded(32, 4, 1024, doc="attention head width (with attention = true)")
@@ -80,3 +80,8 @@ class VAEConfig(Recipe):
         if any(w % v.groups for w in widths):
             raise ConfigError(f"vae.base_channels * channel_mult = {widths} must all be divisible "
                               f"by vae.groups = {v.groups}")
+        # the encoder's and the decoder's mid blocks attend at the deepest width
+        if v.attention and widths[-1] % v.head_dim:
+            raise ConfigError(f"vae.head_dim = {v.head_dim} does not divide the deepest width "
+                              f"{widths[-1]} (base_channels * channel_mult[-1]) where the mid "
+                              "blocks attend; pick a head_dim that divides it")

@@ -68,25 +68,61 @@ def _check_applicable(names: list[str], data: DataConfig, n: int, labelled: bool
                               "data.labels = 'class' (or an .npz file with 'labels')")
 
 
+# channels and number of classes of the datasets with a fixed kind of image
+_DATASET_KIND = {"mnist": (1, 10), "fashion-mnist": (1, 10), "cifar10": (3, 10), "shapes": (3, 4)}
+_KINDS = {1: "grayscale", 3: "RGB"}
+MIN_SIZE = 8  # below this, Inception and the domain classifiers see nothing but blur
+
+
+def _check_images_for(x: torch.Tensor, data: DataConfig) -> None:
+    """Images [N, C, H, W] of the kind `data`'s dataset holds: its channels, square, >= 8 px."""
+    h, w = x.shape[-2:]
+    if h != w or h < MIN_SIZE:
+        raise DataError(f"the images are {w}x{h}: they must be square and at least "
+                        f"{MIN_SIZE}x{MIN_SIZE} to be scored against {data.name}")
+    channels = _DATASET_KIND.get(data.name, (None, None))[0]
+    if channels is not None and x.shape[1] != channels:
+        raise DataError(f"the images are {_KINDS.get(x.shape[1], x.shape[1])} ({x.shape[1]} "
+                        f"channels) but {data.name} is {_KINDS[channels]}: score them against "
+                        "the dataset they were drawn for (--dataset)")
+
+
+def _check_labels(labels: Any, n: int, data: DataConfig) -> torch.Tensor:
+    """Class ids as int64 [n]: integers (not floats, strings or bools) in the dataset's range."""
+    array = np.asarray(labels)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"labels must be integer class ids, got {array.dtype} values "
+                        "(write them as int64, as `inkfuse sample --out x.npz` does)")
+    array = array.reshape(-1)
+    if len(array) != n:
+        raise DataError(f"got {n} images but {len(array)} labels")
+    classes = _DATASET_KIND.get(data.name, (None, None))[1]
+    if len(array) and (array.min() < 0 or (classes is not None and array.max() >= classes)):
+        bad = int(array.min() if array.min() < 0 else array.max())
+        top = f"0..{classes - 1}" if classes is not None else ">= 0"
+        raise DataError(f"label {bad} is not a class of {data.name} (class ids are {top})")
+    return torch.from_numpy(array.astype(np.int64))
+
+
 def evaluate_images(
     images: Any, labels: Any, data: DataConfig, metrics: str | list[str], *,
     reference_n: int | None = None, resize: str = "clean",
     fid_weights: str | os.PathLike[str] | None = None, progress: bool = True,
-    kid_subset: int = 1000, kid_subsets: int = 100, seed: int = 0,
+    kid_subset: int = 1000, kid_subsets: int = 100, seed: int = 0, trust_weights: bool = False,
 ) -> dict[str, Any]:
     """The asked metrics of given images (uint8 [N, C, H, W] or floats in [-1, 1]) against the
-    dataset `data` describes (its name, size, and for shapes max_objects)."""
+    dataset `data` describes (its name, size, and for shapes max_objects). `trust_weights`
+    lets an Inception file other than the standard one be loaded (TorchScript can run code)."""
     names = parse_metrics(metrics)
     x = fid.as_uint8_nchw(images, "samples")
     n = len(x)
     _check_applicable(names, data, n, labels is not None)
+    _check_images_for(x, data)
     if labels is not None:
-        labels = torch.as_tensor(np.asarray(labels)).reshape(-1).long()
-        if len(labels) != n:
-            raise DataError(f"got {n} images but {len(labels)} labels")
+        labels = _check_labels(labels, n, data)
     results: dict[str, Any] = {}
     if any(m in names for m in _INCEPTION_METRICS):
-        net = fid.load_inception(fid_weights)  # fails fast when the file is missing offline
+        net = fid.load_inception(fid_weights, trust=trust_weights)  # fails fast if missing
         test = replace(data, split="test", limit=0, hflip=False, crop_padding=0)
         ref = fid.reference_stats(test, n=reference_n, size=x.shape[-1], resize=resize,
                                   network=net, progress=progress)
@@ -121,7 +157,7 @@ def evaluate(
     eta: float | None = None, ema: bool = True, batch_size: int = 256,
     reference_n: int | None = None, resize: str = "clean",
     fid_weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
-    progress: bool = True,
+    progress: bool = True, trust_weights: bool = False,
 ) -> dict[str, Any]:
     """Sample `n` images from `run` (a `Run` or a run dir) and compute `metrics` (see the
     module doc). Sampler, steps, guidance and eta default to the run's [sample] settings.
@@ -132,21 +168,27 @@ def evaluate(
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"--n must be a positive integer, got {n!r}")
     if not isinstance(run, pipelines.Run):
-        run = pipelines.load_run(run, ema=ema, device=device)
+        run = pipelines.load_run(run, ema=ema, device=device, trust=trust_weights)
     cfg = run.config
     class_labels = cfg.model.cond_dim > 0 and cfg.data.labels == "class"
     _check_applicable(names, cfg.data, n, class_labels)
     if any(m in names for m in _INCEPTION_METRICS):
-        fid.load_inception(fid_weights)  # a missing file fails before minutes of sampling
+        # a missing or untrusted file fails before minutes of sampling
+        fid.load_inception(fid_weights, trust=trust_weights)
     s = cfg.sample
     settings = {
-        "sampler": sampler or s.sampler, "steps": steps or s.steps,
+        "sampler": s.sampler if sampler is None else sampler,
+        "steps": s.steps if steps is None else steps,
         "guidance": s.guidance if guidance is None else guidance,
     }
     # the recipe's eta where the sampler takes one (ddim); an --eta it does not take is an error
     settings |= pipelines.recipe_options(run, settings["sampler"])
     if eta is not None:
         settings["eta"] = eta
+    if not isinstance(settings["steps"], int) or settings["steps"] < 1:
+        raise ConfigError(f"--steps must be at least 1, got {settings['steps']!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if settings["guidance"] < 0:
         raise ConfigError(f"--guidance must be >= 0, got {settings['guidance']}")
     labels = torch.arange(n) % cfg.model.cond_dim if class_labels else None
@@ -157,7 +199,7 @@ def evaluate(
     images = torch.from_numpy(viz.to_uint8(samples)).permute(0, 3, 1, 2)  # as `inkfuse sample`
     results = evaluate_images(images, labels, cfg.data, names, reference_n=reference_n,
                               resize=resize, fid_weights=fid_weights, progress=progress,
-                              seed=seed)
+                              seed=seed, trust_weights=trust_weights)
     return {
         "run": str(Path(run.dir)), "dataset": cfg.data.name, "size": cfg.data.size, "n": n,
         **settings, "seed": seed, "ema": ema, **results,
@@ -170,6 +212,7 @@ def evaluate_npz(
     path: str | os.PathLike[str], metrics: str | list[str], dataset: str, *,
     max_objects: int = 1, reference_n: int | None = None, resize: str = "clean",
     fid_weights: str | os.PathLike[str] | None = None, progress: bool = True, seed: int = 0,
+    trust_weights: bool = False,
 ) -> dict[str, Any]:
     """The metrics of images saved by `inkfuse sample --out x.npz` against `dataset`."""
     images, labels = fid.load_npz_images(path)
@@ -180,7 +223,7 @@ def evaluate_npz(
         raise ConfigError(f"--dataset: {e}") from None
     results = evaluate_images(images, labels, data, metrics, reference_n=reference_n,
                               resize=resize, fid_weights=fid_weights, progress=progress,
-                              seed=seed)
+                              seed=seed, trust_weights=trust_weights)
     return {"npz": str(path), "dataset": dataset, "size": images.shape[-1], "n": len(images),
             **results}
 

@@ -94,8 +94,24 @@ def network_id(path: Path) -> str:
     return INCEPTION_ID if sha == INCEPTION_SHA256 else f"custom-{sha[:12]}"
 
 
+TRUST_FLAG = "--trust-weights"
+
+
+def check_known_network(path: Path, trust: bool = False) -> None:
+    """Refuse to run `torch.jit.load` on a file that is not the standard Inception unless the
+    user said they trust it: a TorchScript archive is pickle inside, and loading one can run
+    code of whoever made it. The sha256 is what `network_id` reads (cached per mtime/size)."""
+    st = path.stat()
+    sha = _file_sha256(str(path), st.st_mtime_ns, st.st_size)
+    if sha != INCEPTION_SHA256 and not trust:
+        raise DataError(f"{path} is not a known network (sha256 {sha[:16]}…, not the standard "
+                        f"Inception {INCEPTION_ID}); loading it could run code in it, so pass "
+                        f"{TRUST_FLAG} if you trust this file")
+
+
 @functools.lru_cache(maxsize=2)
 def _load_jit(path: str, device: str) -> torch.jit.ScriptModule:
+    """Only after `check_known_network`."""
     try:
         net = torch.jit.load(path, map_location=device)
     except (RuntimeError, ValueError, OSError) as e:
@@ -118,10 +134,14 @@ class Inception:
 
 
 def load_inception(path: str | os.PathLike[str] | None = None,
-                   device: str | torch.device | None = None) -> Inception:
-    """Load the Inception network (see `inception_path` for where it is looked for)."""
+                   device: str | torch.device | None = None, *, trust: bool = False
+                   ) -> Inception:
+    """Load the Inception network (see `inception_path` for where it is looked for). A file
+    other than the standard one (by sha256) is TorchScript of unknown origin and is loaded
+    only with `trust` (the CLI's --trust-weights)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     p = inception_path(path)
+    check_known_network(p, trust)
     return Inception(_load_jit(str(p), str(device)), network_id(p), device)
 
 
@@ -184,12 +204,12 @@ def preprocess(images: Any, resize: str = "clean") -> torch.Tensor:
 def inception_features(
     images: Any, *, resize: str = "clean", batch_size: int = 50,
     network: Inception | None = None, weights: str | os.PathLike[str] | None = None,
-    progress: bool = True, desc: str = "inception features",
+    progress: bool = True, desc: str = "inception features", trust: bool = False,
 ) -> np.ndarray:
     """2048-d pool3 features, float32 [N, 2048], of uint8 images (or float ones in [-1, 1])."""
     x = as_uint8_nchw(images)
     _check_resize(resize)
-    net = network or load_inception(weights)
+    net = network or load_inception(weights, trust=trust)
     out = np.empty((len(x), FEATURE_DIM), np.float32)
     with torch.inference_mode(), tqdm(total=len(x), unit="img", desc=desc, disable=not progress,
                                        dynamic_ncols=True, leave=False) as bar:
@@ -411,7 +431,7 @@ def _read_stats(path: Path, key: str) -> ReferenceStats | None:
 def reference_stats(
     data: Any, *, n: int | None = None, size: int | None = None, resize: str = "clean",
     weights: str | os.PathLike[str] | None = None, network: Inception | None = None,
-    batch_size: int = 50, progress: bool = True, refresh: bool = False,
+    batch_size: int = 50, progress: bool = True, refresh: bool = False, trust: bool = False,
 ) -> ReferenceStats:
     """Inception statistics of a real dataset, computed once and cached in
     `<cache dir>/fid-stats/<key>.npz` (key: dataset, split, size, resize, network, n).
@@ -425,7 +445,7 @@ def reference_stats(
         raise ConfigError(f"reference statistics need n >= 2 images, got {n}")
     cfg = _reference_config(data, size)
     cfg = replace(cfg, count=n or 10_000) if cfg.name == "shapes" else replace(cfg, limit=n or 0)
-    net = network or load_inception(weights)
+    net = network or load_inception(weights, trust=trust)
     dataset = build_dataset(cfg, seed=SHAPES_REFERENCE_SEED if cfg.name == "shapes" else 0)
     count = len(dataset) if not n else min(n, len(dataset))
     key = stats_key(cfg.name, cfg.split, cfg.size, resize, net.id, count, _extra_key(cfg))
@@ -487,7 +507,7 @@ def load_npz_images(path: str | os.PathLike[str]) -> tuple[torch.Tensor, np.ndar
 def fid_from_npz(
     path_a: str | os.PathLike[str], path_b_or_dataset: str | os.PathLike[str], *,
     resize: str = "clean", weights: str | os.PathLike[str] | None = None, n_ref: int | None = None,
-    progress: bool = True,
+    progress: bool = True, trust: bool = False,
 ) -> float:
     """FID between the images of an `inkfuse sample` .npz file and another .npz file, or a
     dataset's test split (by name: mnist, fashion-mnist, cifar10, shapes) at the same size."""
@@ -501,7 +521,7 @@ def fid_from_npz(
         if imgs_b.shape[1:] != a.shape[1:]:
             raise DataError(f"{path_a} holds {_fmt(a)} images but {b} holds {_fmt(imgs_b)}; "
                             "compare images of the same size and channels")
-    net = load_inception(weights)
+    net = load_inception(weights, trust=trust)
     if is_file:
         feats_b = inception_features(imgs_b, resize=resize, network=net, progress=progress,
                                      desc=Path(b).name)

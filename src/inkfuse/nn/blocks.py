@@ -89,11 +89,11 @@ class ResBlock(nn.Module):
 def conv_plus_pointwise(conv: nn.Conv2d, h: Tensor, pointwise: nn.Conv2d, x: Tensor) -> Tensor:
     """conv(h) + pointwise(x): a residual sum whose skip path is a 1×1 conv.
 
-    oneDNN's backward pass of a 1×1 conv on contiguous (NCHW) maps runs at a tenth of the FLOP
-    rate of a 3×3 one. So here the 1×1 conv is what it is, one matrix product over each sample's
-    pixels, fused with the sum (`baddbmm`), and its bias is folded into the other conv's: 1.3–1.7×
-    faster to train at 8–64 px (benchmarks/results/layers.md). Channels-last maps, where oneDNN
-    does well, keep the plain form.
+    oneDNN runs the backward pass of a 1×1 conv on contiguous (NCHW) maps at a small fraction of
+    the FLOP rate of a 3×3 one. So here the 1×1 conv is what it is, one matrix product over each
+    sample's pixels, fused with the sum (`baddbmm`), and its bias is folded into the other conv's
+    (speed-ups in benchmarks/results/layers.md). Channels-last maps, where oneDNN does well, keep
+    the plain form.
     """
     out = F.conv2d(h, conv.weight, conv.bias + pointwise.bias, conv.stride, conv.padding)
     if not (out.is_contiguous() and x.is_contiguous()):
@@ -108,8 +108,8 @@ def modulated_norm(norm: nn.Module, h: Tensor, scale: Tensor, shift: Tensor) -> 
 
     For GroupNorm this is one pass instead of three: the scale and shift fold into the norm's
     affine parameters, and a batch of B samples is normalised as one sample of B·C channels in
-    B·G groups (no group straddles two samples, so the statistics are the same). With the SiLU
-    that follows, 1.3–1.7× on the benchmark CPU (benchmarks/results/layers.md).
+    B·G groups (no group straddles two samples, so the statistics are the same); measured in
+    benchmarks/results/layers.md.
     """
     if isinstance(norm, nn.GroupNorm):
         b, c = h.shape[:2]
@@ -194,8 +194,8 @@ class NearestUpConv(nn.Module):
     (transposed) convolutions compose into one whose kernel is their convolution. Along each axis
     the 3×3 taps (w0, w1, w2) become the 4×4 taps (w2, w1+w2, w0+w1, w0). Same function, same
     parameters and same freedom from checkerboard artefacts as upsample-then-conv, at 16/36 of
-    that conv's FLOPs and without building the upsampled map: on the benchmark CPU the layer runs
-    1.4–3.6× faster when sampling and 1.4–2.1× when training (benchmarks/results/layers.md).
+    that conv's FLOPs and without building the upsampled map (measured in
+    benchmarks/results/layers.md).
     """
 
     # row k: which taps of the 3×3 kernel sum into tap k of the 4×4 transposed-conv kernel

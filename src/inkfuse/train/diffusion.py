@@ -28,7 +28,7 @@ from inkfuse.data.transforms import augment
 from inkfuse.diffusion import Condition, Denoiser, Schedule
 from inkfuse.diffusion.latent import LatentSpace
 from inkfuse.diffusion.upsampling import shrink, training_levels, with_low_res
-from inkfuse.errors import TrainingError
+from inkfuse.errors import ConfigError, TrainingError
 from inkfuse.nn import build_model
 from inkfuse.text.conditioner import TextConditioner, is_pretrained
 from inkfuse.train import loop
@@ -44,6 +44,7 @@ class DiffusionKind(Kind):
     def setup(self) -> None:
         config, device, d = self.config, self.device, self.dist
         data = build_dataset(config.data, seed=config.train.seed)
+        check_fits_data(config, data)  # what the images decide, before RUN/clip or RUN/vae
         self.text = prepare_text(config, self.run_dir, data, device, d, self.progress)
         self.latent = prepare_latents(config, self.run_dir, device, d)
         self.config = config = resolve(config, data, self.text, self.latent)
@@ -114,10 +115,66 @@ class DiffusionKind(Kind):
                   labels=labels)
 
 
+def check_fits_data(config: Config, data: ImageDataset, text: TextConditioner | None = None,
+                    latent: LatentSpace | None = None) -> None:
+    """Refuse, in one line naming the key, a recipe value that the data contradicts: set by
+    hand, it would otherwise fail at step 1 as a shape error (or, for class counts, an index
+    error that reads like damaged labels). 0 means "from the data" and always fits. The text
+    encoder's and the VAE's widths are checked once they are given (None: not loaded yet)."""
+    m, d = config.model, config.data
+
+    def refuse(key: str, value: int, fact: str) -> None:
+        raise ConfigError(f"model.{key} = {value} but {fact}; leave it at 0 to follow the data")
+
+    if not d.vae:
+        if m.in_channels and m.in_channels != data.channels:
+            refuse("in_channels", m.in_channels, f"the images have {data.channels} channels")
+        if m.size and m.size != d.size:
+            refuse("size", m.size, f"pixel diffusion denoises the data.size = {d.size} images "
+                                   "(model.size is the latent side, with data.vae)")
+    elif latent is not None:
+        channels, side, _ = latent.shape(d.size)
+        if m.in_channels and m.in_channels != channels:
+            refuse("in_channels", m.in_channels, f"the VAE's latents have {channels} channels")
+        if m.size and m.size != side:
+            refuse("size", m.size, f"the VAE's latents of data.size = {d.size} images are "
+                                   f"{side} x {side}")
+    if m.low_res_channels and not d.low_res:
+        refuse("low_res_channels", m.low_res_channels, "data.low_res = 0 gives no low-res input")
+    if m.low_res_channels and m.low_res_channels != data.channels:
+        refuse("low_res_channels", m.low_res_channels,
+               f"the low-res images have {data.channels} channels")
+    if d.labels in ("text", "clip-image"):
+        if text is not None and m.cond_dim and m.cond_dim != text.pooled_dim:
+            refuse("cond_dim", m.cond_dim, f"the text encoder's embedding is {text.pooled_dim} "
+                                           "wide")
+        if text is not None and m.token_dim and m.token_dim != text.token_dim:
+            refuse("token_dim", m.token_dim, f"the text encoder's token features are "
+                                             f"{text.token_dim} wide")
+        return
+    if m.token_dim:
+        refuse("token_dim", m.token_dim, f"data.labels = {d.labels!r} gives no text tokens to "
+                                         "cross-attend to")
+    if not m.cond_dim:
+        return
+    if d.labels == "context" and data.context is not None:
+        if m.cond_dim != data.context.shape[1]:
+            refuse("cond_dim", m.cond_dim, f"the context vectors have {data.context.shape[1]} "
+                                           "entries")
+    elif d.labels == "class" and data.labels is not None:
+        if m.cond_dim < len(data.class_names):
+            refuse("cond_dim", m.cond_dim, f"the data has {len(data.class_names)} classes "
+                                           "(one-hot needs at least that many)")
+    else:
+        refuse("cond_dim", m.cond_dim, f"data.labels = {d.labels!r} gives the images nothing "
+                                       "to condition on")
+
+
 def resolve(config: Config, data: ImageDataset, text: TextConditioner | None = None,
             latent: LatentSpace | None = None) -> Config:
     """Fill in what the data (and the text encoder, and the VAE) decide: input channels and
-    size, condition widths."""
+    size, condition widths; a value set by hand that contradicts them is refused."""
+    check_fits_data(config, data, text, latent)
     cond_dim, token_dim, null = 0, 0, "learned"
     if text is not None:
         cond_dim, token_dim, null = text.pooled_dim, text.token_dim, "empty-prompt"

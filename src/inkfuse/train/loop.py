@@ -158,12 +158,14 @@ def check_same_model(ours: dict[str, Any], theirs: dict[str, Any], sections: Ite
 def resume(ckpt: Path, state: dict[str, Any], net: nn.Module, ema: EMA | None,
            opt: torch.optim.Optimizer) -> int:
     """Load a checkpoint's weights, EMA and AdamW moments; returns its step."""
-    try:
-        net.load_state_dict(checkpoint.load_tensors(ckpt / "model.safetensors"))
+    fix = "train into a new --out dir"
+    try:  # names, shapes and dtypes checked first: a retyped tensor is refused, not cast
+        net.load_state_dict(checkpoint.load_checked(ckpt / "model.safetensors", net.state_dict(),
+                                                    "this model", fix))
         if ema is not None:
-            ema.load_state_dict(checkpoint.load_tensors(ckpt / "ema.safetensors"))
-        tensors = checkpoint.load_tensors(ckpt / "trainer.safetensors")
-        opt.load_state_dict(checkpoint.optimizer_state(tensors, state["optimizer"]))
+            ema.load_state_dict(checkpoint.load_checked(ckpt / "ema.safetensors",
+                                                        ema.state_dict(), "this model", fix))
+        opt.load_state_dict(checkpoint.load_optimizer(ckpt, state, opt, fix))
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{ckpt} does not fit this model ({str(e).splitlines()[0]}); "
                               "train into a new --out dir") from None
@@ -251,20 +253,31 @@ def run(config: Recipe, out: str | Path, kind_cls: type[Kind], *, progress: bool
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
-    # the kind: its data, frozen parts and resolved recipe (errors here leave no run dir)
+    # Rank 0 takes the lock before anything is written (the kind may write RUN/clip or RUN/vae),
+    # and a command that fails before its first checkpoint takes back all it created: so the
+    # corrected command starts clean and is never refused as "trained with" the failed recipe.
+    kept = locked(run_dir, keep=lambda: checkpoint.find(run_dir) is not None)
+    with kept if d.main else nullcontext():
+        return _train(_make_kind(kind_cls, config, run_dir, device, d, progress), run_dir,
+                      device, d, progress)
+
+
+def _make_kind(kind_cls: type[Kind], config: Recipe, run_dir: Path, device: torch.device,
+               d: Dist, progress: bool) -> Kind:
+    """The kind: its data, frozen parts and resolved recipe, checked to fill one batch."""
     kind = kind_cls(config, run_dir, device, d, progress)
     if kind.size < config.train.batch_size * d.world:
         raise TrainingError(f"the dataset has {kind.size} examples, fewer than one batch of "
                             f"{config.train.batch_size * d.world}; lower train.batch_size")
-    with locked(run_dir) if d.main else nullcontext():
-        return _train(kind, run_dir, device, d, progress)
+    return kind
 
 
 def _train(kind: Kind, run_dir: Path, device: torch.device, d: Dist, progress: bool) -> Path:
     config, tc = kind.config, kind.config.train
     ckpt = checkpoint.find(run_dir)
     state = checkpoint.read_json(ckpt / "state.json") if ckpt else None
-    check_same_model(config.to_dict(), kind.saved_config(state), kind.sections, run_dir)
+    if ckpt:  # a run dir without a checkpoint is not trained yet: any recipe may start it
+        check_same_model(config.to_dict(), kind.saved_config(state), kind.sections, run_dir)
 
     # the model (the same initial weights on every rank), its EMA and AdamW; resume
     torch.manual_seed(seed_for(tc.seed, 0))
@@ -309,7 +322,8 @@ def _train(kind: Kind, run_dir: Path, device: torch.device, d: Dist, progress: b
                                       tc.max_minutes > 0 and elapsed > 60 * tc.max_minutes)
         if diverged:
             kept = checkpoint.find(run_dir)
-            where = f"the last good checkpoint is kept in {kept}" if kept else "no checkpoint yet"
+            where = (f"the last good checkpoint is kept in {kept}" if kept
+                     else "no checkpoint yet, so nothing of this run is kept")
             what = total if not math.isfinite(total) else "non-finite on another rank"
             raise TrainingError(f"loss became {what} at step {step}; {where}. "
                                 "Lower train.lr or set train.grad_clip (e.g. 1.0)")
