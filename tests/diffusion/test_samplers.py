@@ -15,12 +15,15 @@ import torch
 from inkfuse.diffusion import Condition, Denoiser, Prediction, Schedule, cfg
 from inkfuse.diffusion.denoiser import coefficients, training_target
 from inkfuse.diffusion.samplers import SAMPLERS, Sampler, get_sampler
+from inkfuse.diffusion.samplers.ancestral import ancestral_split, euler_ancestral_step
 from inkfuse.diffusion.samplers.ddim import ddim_step
 from inkfuse.diffusion.samplers.ddpm import ddpm_step
 from inkfuse.diffusion.samplers.dpmpp import dpmpp_2m_step
 from inkfuse.diffusion.samplers.euler import churn_gamma, churn_step, euler_step
 from inkfuse.diffusion.samplers.heun import heun_step
 from inkfuse.diffusion.samplers.repaint import repaint, repaint_path
+from inkfuse.diffusion.samplers.restart import karras_sigmas, restart_jump
+from inkfuse.diffusion.samplers.sde import dpmpp_2m_sde_step, dpmpp_3m_sde_step
 from inkfuse.diffusion.samplers.unipc import unic_step
 from inkfuse.diffusion.samplers.walk import forward_jump
 from inkfuse.diffusion.schedule import SPACINGS, karras_timesteps, timestep_grid, timesteps
@@ -76,6 +79,12 @@ def run(name, schedule, steps, x_T, spacing=None, seed=1, **options):
     ("heun", 50, {"churn": 10.0}, 0.08),  # γ = 0.2 per step
     ("dpmpp-2m", 50, {}, 0.04),
     ("unipc", 50, {}, 0.04),
+    ("euler-ancestral", 1000, {}, 0.04),  # first order, like DDPM
+    ("euler-ancestral", 1000, {"eta": 0.5}, 0.04),
+    ("dpmpp-2m-sde", 100, {}, 0.04),
+    ("dpmpp-2m-sde", 100, {"eta": 0.5}, 0.04),
+    ("dpmpp-3m-sde", 100, {}, 0.04),
+    ("restart", 50, {}, 0.04),
 ])
 def test_samplers_reproduce_gaussian_data(name, steps, options, tol):
     x_T, var_errors = noise(), []
@@ -327,7 +336,9 @@ def test_a_mix_of_conditions_composes_their_guidance():
 
 @pytest.mark.parametrize(("name", "options"), [
     ("ddpm", {}), ("ddim", {"eta": 1.0}), ("euler", {"churn": 5.0}), ("heun", {"churn": 5.0}),
-    ("euler", {}), ("dpmpp-2m", {}), ("unipc", {}),
+    ("euler", {}), ("dpmpp-2m", {}), ("unipc", {}), ("euler-ancestral", {"eta": 1.0}),
+    ("dpmpp-2m-sde", {"eta": 1.0}), ("dpmpp-3m-sde", {"eta": 1.0}),
+    ("restart", {"restart_times": 1}),
 ])
 def test_same_seed_same_samples(name, options):
     x_T = noise(32)
@@ -357,7 +368,8 @@ def test_on_step_sees_every_step_in_vp_scale_and_nfe_counts_calls(name):
 
 def test_nfe():
     assert SAMPLERS["heun"].nfe(10) == 19 and SAMPLERS["heun"].nfe(1) == 1
-    assert all(SAMPLERS[name].nfe(10) == 10 for name in SAMPLERS if name != "heun")
+    assert SAMPLERS["restart"].nfe(10) == 19 + 2 * 9 and SAMPLERS["restart"].nfe(1) == 1
+    assert all(SAMPLERS[name].nfe(10) == 10 for name in SAMPLERS if name not in ("heun", "restart"))
 
 
 # --- the registry -------------------------------------------------------------------------------
@@ -488,3 +500,97 @@ def test_timestep_grid_spacings():
         timesteps(100, 10, "karras")
     with pytest.raises(ConfigError, match="unknown timestep spacing"):
         timesteps(100, 10, "cosine")
+
+
+# --- the stochastic σ-space samplers --------------------------------------------------------------
+
+def test_euler_ancestral_step_by_hand():
+    x, d0, z = t1(1.0), t1(0.2), t1(0.3)
+    # η = 1, σ 2 → 1: σ_up = sqrt(1 · (4 − 1) / 4) = sqrt(0.75), σ_down = sqrt(1 − 0.75) = 0.5
+    assert ancestral_split(2.0, 1.0, 1.0) == pytest.approx((0.5, math.sqrt(0.75)))
+    # d = 0.4;  x' = 1 + (0.5 − 2) · 0.4 + sqrt(0.75) · 0.3
+    got = euler_ancestral_step(x, d0, 2.0, 1.0, 1.0, z).item()
+    assert got == pytest.approx(0.4 + math.sqrt(0.75) * 0.3)
+    # η = 0 is Euler; a huge η caps σ_up at σ_next: x' = x̂_0 + σ_next z
+    assert euler_ancestral_step(x, d0, 2.0, 1.0, 0.0, z).item() == pytest.approx(0.6)
+    assert euler_ancestral_step(x, d0, 2.0, 1.0, 9.0, z).item() == pytest.approx(0.2 + 0.3)
+    assert ancestral_split(2.0, 0.0, 1.0) == (0.0, 0.0)
+
+
+def test_dpmpp_2m_sde_step_by_hand():
+    x, d0, d_old, z = t1(1.0), t1(0.2), t1(0.4), t1(0.3)
+    # η = 1, h = log 2: (σ'/σ) e^{−h} x + (1 − e^{−2h}) x̂_0 + σ' sqrt(1 − e^{−2h}) z
+    first = 0.25 + 0.75 * 0.2 + math.sqrt(0.75) * 0.3
+    assert dpmpp_2m_sde_step(x, d0, 2.0, 1.0, 1.0, z).item() == pytest.approx(first)
+    # σ_prev = 4: r = 1, + ½ (1 − e^{−2h}) (x̂_0 − x̂_0,prev) = ½ · 0.75 · (−0.2)
+    got = dpmpp_2m_sde_step(x, d0, 2.0, 1.0, 1.0, z, d_old, 4.0).item()
+    assert got == pytest.approx(first - 0.075)
+    # η = 0 (and no noise) is DPM-Solver++(2M)
+    for prev in ((None, None), (d_old, 4.0), (d_old, 3.0)):
+        assert dpmpp_2m_sde_step(x, d0, 2.0, 1.0, 0.0, z, *prev).item() == pytest.approx(
+            dpmpp_2m_step(x, d0, 2.0, 1.0, *prev).item())
+    assert dpmpp_2m_sde_step(x, d0, 2.0, 0.0, 1.0, z, d_old, 4.0).item() == pytest.approx(0.2)
+
+
+def test_dpmpp_3m_sde_step_by_hand():
+    x, d0, d1, d2, z = t1(1.0), t1(0.2), t1(0.4), t1(0.7), t1(0.3)
+    first = 0.25 + 0.75 * 0.2 + math.sqrt(0.75) * 0.3  # as 2M SDE's first order (η = 1)
+    assert dpmpp_3m_sde_step(x, d0, 2.0, 1.0, 1.0, z, []).item() == pytest.approx(first)
+    # one previous x̂_0 at σ = 4: r_0 = 1, ĥ = 2 log 2, φ_2 = (e^{−ĥ} − 1)/ĥ + 1, + φ_2 (0.2 − 0.4)
+    phi_2 = -0.75 / (2 * math.log(2)) + 1
+    got = dpmpp_3m_sde_step(x, d0, 2.0, 1.0, 1.0, z, [(d1, 4.0)]).item()
+    assert got == pytest.approx(first + phi_2 * (-0.2))
+    # η = 0, σ 8, 4, 2 → 1: r_0 = r_1 = 1, D1_0 = −0.2, D1_1 = −0.3, D1 = −0.15, D2 = 0.05
+    h = math.log(2)
+    phi_2 = -0.5 / h + 1
+    phi_3 = phi_2 / h - 0.5
+    want = 0.5 + 0.5 * 0.2 + phi_2 * (-0.15) - phi_3 * 0.05
+    got = dpmpp_3m_sde_step(x, d0, 2.0, 1.0, 0.0, z, [(d1, 4.0), (d2, 8.0)]).item()
+    assert got == pytest.approx(want)
+    assert dpmpp_3m_sde_step(x, d0, 2.0, 0.0, 1.0, z, [(d1, 4.0)]).item() == pytest.approx(0.2)
+
+
+def test_restart_steps_by_hand():
+    # the jump from σ = 0.1 to t_max = 2: x + sqrt(4 − 0.01) z
+    got = restart_jump(t1(1.0), 0.1, 2.0, t1(0.3)).item()
+    assert got == pytest.approx(1 + math.sqrt(3.99) * 0.3)
+    levels = karras_sigmas(2.0, 0.1, 2)
+    mid = ((2.0 ** (1 / 7) + 0.1 ** (1 / 7)) / 2) ** 7
+    assert levels == pytest.approx([2.0, mid, 0.1])
+
+
+@pytest.mark.parametrize(("name", "options", "same"), [
+    ("euler-ancestral", {"eta": 0.0}, "euler"),
+    ("dpmpp-2m-sde", {"eta": 0.0}, "dpmpp-2m"),
+    ("restart", {"restart_times": 0}, "heun"),
+])
+def test_without_noise_the_stochastic_samplers_are_their_odes(name, options, same):
+    x_T = noise(256)
+    a, _ = run(name, LINEAR, 10, x_T, "karras", **options)
+    b, _ = run(same, LINEAR, 10, x_T, "karras")
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_dpmpp_3m_sde_without_noise_converges_to_the_ode():
+    x_T = noise(512)
+    errors = []
+    for steps in (10, 20, 40):
+        out, ts = run("dpmpp-3m-sde", LINEAR, steps, x_T, eta=0.0)
+        exact = exact_ode(x_T, LINEAR.sigma(ts[:1]).item())
+        errors.append((out.double() - exact).pow(2).mean().sqrt().item())
+    assert errors[2] < errors[1] < errors[0] and errors[2] < 0.006, errors
+
+
+def test_restart_beats_heun_at_few_steps_and_converges_with_its_restart_steps():
+    """The restart's noise contracts the main walk's error (Restart §3): at 10 Heun steps the
+    variance is far closer; the restart's own ODE error shrinks with restart_steps."""
+    x_T = noise()
+
+    def var_error(name, steps, **options):
+        out, _ = run(name, LINEAR, steps, x_T, **options)
+        return abs(((out - MU) / S).var().item() - 1)
+
+    assert var_error("restart", 10) < 0.1 < 0.3 < var_error("heun", 10)
+    coarse = var_error("restart", 50, restart_steps=3)
+    fine = var_error("restart", 50, restart_steps=20)
+    assert fine < min(coarse, 0.04), (coarse, fine)

@@ -9,7 +9,8 @@ fractional) steps of the denoiser's schedule; `generator` is the only source of 
 the same seed gives the same samples; `on_step(i, x, pred)` sees every intermediate state once
 per step, in the VP scale x_t (progress bars, animations). Each function shows its loop, each
 update a few lines with its paper's equation; DDPM and DDIM share one loop (`walk`), which
-inpainting (`repaint`) walks too, with DDPM's update wrapped.
+inpainting (`repaint`) walks too, with DDPM's update wrapped; the DPM-Solver++ SDEs share
+`sde.sde_walk`.
 
 `SAMPLERS[name]` is the sampler's registry entry (`Sampler`): the function, its default grid,
 its model calls for N steps and its options. Callers never inspect signatures: they pass options
@@ -23,11 +24,17 @@ the entry names, and any other is a one-line `ConfigError` (`Sampler.check`).
 | `heun`     | 2     | 2N − 1      | karras       | as euler                    |
 | `dpmpp-2m` | 2     | N           | trailing     |                             |
 | `unipc`    | 3     | N           | trailing     |                             |
+| `euler-ancestral` | SDE | N     | karras       | eta                         |
+| `dpmpp-2m-sde` | SDE   | N        | karras       | eta                         |
+| `dpmpp-3m-sde` | SDE   | N        | karras       | eta                         |
+| `restart`  | 2 + SDE | 2N−1+2KM | karras       | restart_sigma_min/max, _times K, _steps M |
 
 Build the grid with `schedule.timestep_grid(schedule, steps, SAMPLERS[name].spacing)`. The
 multistep solvers use the trailing grid because on cosine-schedule models it beats the Karras
 grid at few steps (benchmarks/results/quality_vs_steps_*.md); Euler/Heun use Karras σ capped at
-EDM's 80.
+EDM's 80, and so do the stochastic σ-space samplers (ancestral Euler, the DPM-Solver++ SDEs and
+Restart, as in k-diffusion): fresh noise at every step forgets the early steps' errors, so the
+grid's small steps at low σ matter more than a match to the trained steps.
 """
 
 from __future__ import annotations
@@ -42,12 +49,15 @@ import torch
 from torch import Tensor
 
 from inkfuse.diffusion.conditioning import Condition
+from inkfuse.diffusion.samplers.ancestral import euler_ancestral
 from inkfuse.diffusion.samplers.ddim import ddim
 from inkfuse.diffusion.samplers.ddpm import ddpm
 from inkfuse.diffusion.samplers.dpmpp import dpmpp_2m
 from inkfuse.diffusion.samplers.euler import euler
 from inkfuse.diffusion.samplers.heun import heun
 from inkfuse.diffusion.samplers.repaint import repaint
+from inkfuse.diffusion.samplers.restart import restart
+from inkfuse.diffusion.samplers.sde import dpmpp_2m_sde, dpmpp_3m_sde
 from inkfuse.diffusion.samplers.unipc import unipc
 from inkfuse.diffusion.samplers.walk import DenoiserFn, OnStep
 from inkfuse.errors import ConfigError
@@ -114,6 +124,18 @@ def heun_calls(steps: int) -> int:
     return 2 * steps - 1
 
 
+def restart_calls(steps: int) -> int:
+    """Heun's 2N − 1, plus K = 1 restart of 9 Heun steps (2 calls each) once the grid reaches
+    t_min (steps ≥ 2 on the Karras grid, which ends at the schedule's σ_min < 0.1)."""
+    return heun_calls(steps) + (2 * 9 if steps >= 2 else 0)
+
+
+ETA_SDE = MappingProxyType({
+    "eta": Option(1.0, "η: the noise added back per step; 1 is the reverse SDE, 0 the "
+                       "probability-flow ODE"),
+})
+
+
 CHURN = MappingProxyType({
     "churn": Option(0.0, "EDM's S_churn: how much noise to add back over the whole walk; "
                          "0 = deterministic"),
@@ -132,6 +154,15 @@ SAMPLERS: Mapping[str, Sampler] = MappingProxyType({entry.name: entry for entry 
     Sampler("heun", heun, "karras", heun_calls, CHURN),
     Sampler("dpmpp-2m", dpmpp_2m, "trailing", one_call_per_step),
     Sampler("unipc", unipc, "trailing", one_call_per_step),
+    Sampler("euler-ancestral", euler_ancestral, "karras", one_call_per_step, ETA_SDE),
+    Sampler("dpmpp-2m-sde", dpmpp_2m_sde, "karras", one_call_per_step, ETA_SDE),
+    Sampler("dpmpp-3m-sde", dpmpp_3m_sde, "karras", one_call_per_step, ETA_SDE),
+    Sampler("restart", restart, "karras", restart_calls, MappingProxyType({
+        "restart_sigma_min": Option(0.1, "t_min: restart at the first grid level σ ≤ this"),
+        "restart_sigma_max": Option(2.0, "t_max: the noise level each restart jumps up to"),
+        "restart_times": Option(1, "K: how many times to jump up and solve back down"),
+        "restart_steps": Option(9, "Heun steps from t_max back down to t_min, per restart"),
+    })),
 ]})
 
 
@@ -143,6 +174,6 @@ def get_sampler(name: str) -> Sampler:
 
 
 __all__ = [
-    "SAMPLERS", "Option", "Sampler", "ddim", "ddpm", "dpmpp_2m", "euler", "get_sampler", "heun",
-    "repaint", "unipc",
+    "SAMPLERS", "Option", "Sampler", "ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde",
+    "euler", "euler_ancestral", "get_sampler", "heun", "repaint", "restart", "unipc",
 ]
