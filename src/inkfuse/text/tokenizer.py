@@ -14,16 +14,13 @@ the CLI can refuse them with a clear message instead of drawing nonsense.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 
 from inkfuse.errors import CheckpointError, ConfigError
-from inkfuse.io import atomic_path
 
 FORMAT = "inkfuse-bpe-1"
 SPECIALS = ("<sot>", "<eot>", "<pad>")
@@ -167,21 +164,6 @@ class BPETokenizer:
                 raise CheckpointError(f"{source}: merge {i} {pair} is invalid; the file is "
                                       "damaged, train the tokenizer again")
         return cls([tuple(p) for p in merges], data.get("words", []))
-
-    def save(self, path: str | Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict()))
-
-    @classmethod
-    def load(cls, path: str | Path) -> BPETokenizer:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path} is missing: train a tokenizer first") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path} is damaged ({e}); train it again") from None
-        return cls.from_dict(data, str(path))
 
 
 def pack(texts: list[str], context_length: int, encode: Callable[[str], list[int]],
