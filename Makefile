@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SHARED_DATA ?= $(abspath ../shared/data)
 
-.PHONY: venv demo test test-slow bench lint clean
+.PHONY: venv demo test test-slow test-browser play-bench bench lint clean
 
 venv: $(STAMP)
 
@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[plot,dev]'
+	$(PY) -m pip install -q -e '.[plot,dev,play,browser]'
 	touch $(STAMP)
 
 demo: venv
@@ -25,6 +25,17 @@ test: venv
 
 test-slow: venv
 	INKFUSE_DATA=$${INKFUSE_DATA:-$(SHARED_DATA)} $(PY) -m pytest -q -m slow
+
+# The playground in a real browser: Debian's Chromium and ChromeDriver (installed here if
+# missing; needs root or sudo), driven by Selenium. `make test` runs it too where they exist.
+test-browser: venv
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q chromium chromium-driver; }
+	INKFUSE_DATA=$${INKFUSE_DATA:-$(SHARED_DATA)} $(PY) -m pytest -q tests/play
+
+# 8 browsers' worth of clients generating at once against the demo run (after `make demo`)
+play-bench: venv
+	$(PY) benchmarks/play_load.py runs/demo
 
 # About 80 minutes on the 2-core CPU, most of it the two 10-minute trainings and their sampling;
 # run it on an idle machine. diffusers (the `bench` extra) is installed on first use, with torch

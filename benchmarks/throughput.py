@@ -58,7 +58,7 @@ def one(recipe: str, precision: str, seconds: float, device: str,
     memory = torch.channels_last if tc.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory)
     opt = make_optimizer(net.parameters(), tc)
-    schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps)
+    schedule = Schedule.of(config.diffusion)
     b = tc.batch_size
     x0 = torch.randn(b, channels, size, size, device=device).contiguous(memory_format=memory)
     cond = Condition.from_labels(torch.arange(b, device=device) % classes, classes)

@@ -54,7 +54,7 @@ from inkfuse.data import build_dataset
 from inkfuse.diffusion import Condition, Denoiser, Schedule
 from inkfuse.metrics.evaluation import evaluate, evaluate_images
 from inkfuse.nn import build_model
-from inkfuse.runtime import keep_freed_memory
+from inkfuse.runtime import keep_freed_memory, resolve_precision
 from inkfuse.train.ema import EMA
 from inkfuse.train.loop import apply_update, make_optimizer
 
@@ -109,9 +109,10 @@ def ours(size: int, device: str, sample_batch: int, sets: Sequence[str] = (),
     opt = make_optimizer(net.parameters(), tc, fused=fused_adamw)
     ema = EMA(net, tc.ema_decay)
     d = config.diffusion
-    schedule = Schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end)
+    schedule = Schedule.of(d)
     denoiser = Denoiser(forward, schedule, d.target)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    bf16 = resolve_precision(tc.precision, device) == "bf16"
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
     x0 = torch.randn(tc.batch_size, channels, size, size, device=device)
     x0 = x0.contiguous(memory_format=memory)
     cond = Condition.from_labels(torch.arange(tc.batch_size, device=device) % CLASSES, CLASSES)

@@ -44,3 +44,27 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def killed_after_checkpoint(monkeypatch: pytest.MonkeyPatch):
+    """`kill(config, out)`: train into `out`, interrupted (KeyboardInterrupt) right after its
+    first checkpoint is written: what a kill between two steps leaves, without a subprocess."""
+    from inkfuse.artifacts import checkpoint
+    from inkfuse.train import train
+
+    def kill(config, out: Path) -> None:
+        real_save = checkpoint.save
+
+        def save_then_die(*args, **kwargs):
+            real_save(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(checkpoint, "save", save_then_die)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train(config, out, progress=False)
+        finally:
+            monkeypatch.setattr(checkpoint, "save", real_save)
+
+    return kill

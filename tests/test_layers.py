@@ -23,6 +23,7 @@ RANKS = {
     "inkfuse.pipelines": 5.0, "inkfuse.editing": 5.1,
     "inkfuse.metrics": 6,
     "inkfuse.train": 7,
+    "inkfuse.play": 7.5,  # the browser playground: an app on the pipelines, served by the CLI
     "inkfuse.cli": 8,
 }
 DEFERRED_OK = ("inkfuse.cli",)  # packages allowed function-level imports of inkfuse modules

@@ -41,7 +41,7 @@ from torch import Tensor
 from inkfuse.artifacts.run import Run
 from inkfuse.diffusion import Condition
 from inkfuse.diffusion.samplers import get_sampler, repaint
-from inkfuse.diffusion.samplers.walk import DenoiserFn
+from inkfuse.diffusion.samplers.walk import DenoiserFn, OnStep
 from inkfuse.diffusion.schedule import timestep_grid
 from inkfuse.diffusion.upsampling import shrink
 from inkfuse.errors import ConfigError, DataError
@@ -53,6 +53,7 @@ def inpaint(
     run: Run, image: Tensor, mask: Tensor, *, steps: int = 50, guidance: float | None = None,
     labels: Tensor | None = None, context: Tensor | None = None,
     prompts: list[str] | None = None, seed: int = 0, resample: int = 1, progress: bool = True,
+    on_step: OnStep | None = None,
 ) -> Tensor:
     """Fill the region where `mask` is 1 (> 0.5) and keep the rest of `image` exactly.
 
@@ -62,7 +63,7 @@ def inpaint(
     `guidance` (CFG weight, default the recipe's) applies when labels, context or prompts are
     given; without them a conditional model runs unconditionally.
     Returns [N, C, H, W] in [-1, 1] on the CPU; same seed, same result. An empty mask returns
-    the input.
+    the input. `on_step(i, x, pred)` sees each intermediate state at the model's size.
     """
     if resample < 1:
         raise ConfigError(f"--resample must be at least 1, got {resample}")
@@ -87,7 +88,7 @@ def inpaint(
 
     filled = draw(run, partial(repaint, x0=x0, keep=keep, resample=resample), denoiser, grid,
                   len(x0), prepare, seed=seed, progress=progress, desc=f"inpaint {steps} steps",
-                  calls=(len(grid) - 1) * resample + 1)
+                  calls=(len(grid) - 1) * resample + 1, on_step=on_step)
     if run.latent is None:
         filled = filled.clamp(-1, 1)
     if pixels is not given:  # back at the image's size, the known pixels its own
@@ -99,7 +100,8 @@ def inpaint(
 def img2img(
     run: Run, image: Tensor, *, strength: float = 0.6, steps: int = 50, sampler: str = "ddim",
     guidance: float | None = None, labels: Tensor | None = None, context: Tensor | None = None,
-    prompts: list[str] | None = None, seed: int = 0, progress: bool = True, **options: object,
+    prompts: list[str] | None = None, seed: int = 0, progress: bool = True,
+    on_step: OnStep | None = None, **options: object,
 ) -> Tensor:
     """SDEdit: noise `image` ([N, C, H, W] in [-1, 1], any size) to about strength · (T − 1),
     denoise back; the result has the image's size (see the module doc).
@@ -107,7 +109,7 @@ def img2img(
     `sampler` is any registered sampler, on its own default grid for `steps` steps, of which
     only the steps at or below strength · (T − 1) run; `options` are its own, by default the
     recipe's (as for `sample`). Returns [N, C, H, W] in [-1, 1] on the CPU; same seed, same
-    result.
+    result. `on_step(i, x, pred)` sees each intermediate state at the model's size.
     """
     if not 0 < strength <= 1:
         raise ConfigError(f"--strength must be in (0, 1], got {strength}")
@@ -128,7 +130,8 @@ def img2img(
         return schedule.q_sample(x0, ts[0].expand(len(x0)), eps), cond
 
     out = draw(run, walk, denoiser, ts, len(x0), prepare, seed=seed, progress=progress,
-               desc=f"img2img {sampler} {len(ts)}/{len(grid)} steps").clamp(-1, 1)
+               desc=f"img2img {sampler} {len(ts)}/{len(grid)} steps",
+               on_step=on_step).clamp(-1, 1)
     return out if pixels is given else _to_size(out, tuple(given.shape[-2:])).clamp(-1, 1)
 
 

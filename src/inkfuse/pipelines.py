@@ -190,7 +190,8 @@ def sample(
     prompts: list[str] | None = None, low_res: Tensor | None = None, sampler: str = "ddim",
     steps: int = 50, guidance: float = 1.0, rescale: float = 0.0, spacing: str | None = None,
     seed: int = 0, precision: str | None = None, batch_size: int = 256, progress: bool = True,
-    on_step: OnStep | None = None, **options: object,
+    on_step: OnStep | None = None, thresholding: str | None = None,
+    threshold_percentile: float | None = None, **options: object,
 ) -> Tensor:
     """Draw `n` images in [-1, 1] as an [n, C, H, W] float tensor on the CPU.
 
@@ -205,6 +206,8 @@ def sample(
     `precision` (fp32 or bf16, default: the run's training precision) sets autocast for the
     network only; the sampler's own arithmetic stays in float32.
     `on_step(i, x, pred)` sees each intermediate batch (only sensible when n ≤ batch_size).
+    `thresholding` (none, static, dynamic at `threshold_percentile`; default the recipe's) acts
+    on the guided x̂0 of pixel models (Imagen's dynamic thresholding, `diffusion.thresholding`).
     """
     entry = get_sampler(sampler)
     walk = entry.bind(options)
@@ -230,7 +233,8 @@ def sample(
                 k, 1, 1, 1), low_res_t=level.repeat(k))
         return x, c
 
-    return draw(run, walk, run.denoiser(guidance, rescale, weights), grid, n, prepare,
+    denoiser = run.denoiser(guidance, rescale, weights, thresholding, threshold_percentile)
+    return draw(run, walk, denoiser, grid, n, prepare,
                 seed=seed, precision=precision, batch_size=batch_size, progress=progress,
                 desc=f"{sampler} {steps} steps", on_step=on_step).clamp(-1, 1)
 

@@ -31,3 +31,37 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and other libcs without mallopt
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP))
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether bf16 arithmetic runs in hardware on this device type.
+
+    On a CPU that only PyTorch's emulation serves (AVX2, plain AVX-512 without AVX512_BF16 or
+    AMX) a bf16 convolution is many times slower than fp32 (benchmarks/README.md), so `auto`
+    precision must not pick it there. CUDA asks the driver; other CPUs read Linux's flags, and
+    a CPU whose flags cannot be read counts as having none.
+    """
+    if device_type == "cuda":
+        import torch  # only here: the rest of the core stays torch-free
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """`train.precision` as it runs: `auto` is bf16 where `native_bf16`, else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device_type) else "fp32"
+    return precision

@@ -141,25 +141,32 @@ def save_forward_strip(
 def plot_loss(
     log_path_or_records: PathLike | Iterable[Mapping[str, Any]], path: PathLike
 ) -> None:
-    """Loss vs step from a JSONL log (or its records): raw loss, a smoothed line, lr if logged.
+    """Loss vs step from a JSONL log (or its records): raw loss, a smoothed line, lr if logged;
+    below it, one panel per in-training score if the log has any (`train.eval_every`).
 
-    Records without "step" and "loss" (eval lines, say) are ignored. A step logged twice (a run
-    resumed from an earlier checkpoint) keeps its latest record. The smoothed line is the
-    logged "ema_loss" when present, else a debiased EMA of the points. Log-y when loss > 0.
+    Loss records have "step" and "loss"; score records "step" and "eval" ({metric: value},
+    null where it could not be computed, left out of the line); other records are ignored. A
+    step logged twice (a run resumed from an earlier checkpoint) keeps its latest record. The
+    smoothed line is the logged "ema_loss" when present, else a debiased EMA of the points.
+    Log-y when loss > 0.
     """
     log = log_path_or_records
     is_file = isinstance(log, str | os.PathLike)
     records = _read_jsonl(log) if is_file else list(log)
-    points = [r for r in records if isinstance(r, Mapping) and {"step", "loss"} <= r.keys()]
+    records = [r for r in records if isinstance(r, Mapping)]
+    points = [r for r in records if {"step", "loss"} <= r.keys()]
     by_step = {r["step"]: r for r in points}
     if not by_step:
         raise DataError(f"{log if is_file else 'records'}: no records with 'step' and 'loss' "
                         "to plot")
     recs = [by_step[s] for s in sorted(by_step)]
     step, loss = (np.array([r[k] for r in recs], dtype=float) for k in ("step", "loss"))
+    scores = _scores(records)
 
-    fig = _figure(figsize=(7, 4))
-    ax = fig.subplots()
+    fig = _figure(figsize=(7, 4 + 1.8 * len(scores)))
+    axes = fig.subplots(1 + len(scores), 1, sharex=True, squeeze=False,
+                        height_ratios=[2.2] + [1] * len(scores))[:, 0]
+    ax = axes[0]
     lines = ax.plot(step, loss, color="C0", lw=0.8, alpha=0.35, label="loss")
     ema = [r for r in recs if r.get("ema_loss") is not None]
     if ema:
@@ -170,7 +177,7 @@ def plot_loss(
     finite = loss[np.isfinite(loss)]
     if finite.size and finite.min() > 0:
         ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="loss")
+    ax.set(xlabel="" if scores else "step", ylabel="loss")
     ax.grid(alpha=0.3, which="both")
     lr = [r for r in recs if r.get("lr") is not None]
     if lr:
@@ -181,7 +188,27 @@ def plot_loss(
     # outside the axes: the loss curve and the lr curve between them leave no free corner
     fig.legend(lines, [ln.get_label() for ln in lines], loc="outside upper center",
                ncols=len(lines), frameon=False)
+    for i, (name, (x, y)) in enumerate(scores.items()):
+        axes[i + 1].plot(x, y, color=f"C{i + 2}", marker="o", ms=3, lw=1.2)
+        axes[i + 1].set(ylabel=name)
+        axes[i + 1].grid(alpha=0.3)
+    if scores:
+        axes[-1].set_xlabel("step")
     _save_figure(fig, path)
+
+
+def _scores(records: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """{metric: (steps, values)} of the score records (the latest per step), nulls left out."""
+    latest = {r["step"]: r["eval"] for r in records
+              if "step" in r and isinstance(r.get("eval"), Mapping)}
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for s in sorted(latest):
+        for name, value in latest[s].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                xs, ys = out.setdefault(name, ([], []))
+                xs.append(s)
+                ys.append(float(value))
+    return out
 
 
 def plot_schedule(curves: Mapping[str, Mapping[str, np.ndarray]], path: PathLike) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from inkfuse import pipelines
 from inkfuse.artifacts import checkpoint
@@ -17,7 +19,7 @@ from inkfuse.config import DataConfig, load_recipe
 from inkfuse.data import build_dataset, shapes
 from inkfuse.diffusion import Schedule
 from inkfuse.errors import CheckpointError, ConfigError, DataError
-from inkfuse.metrics import evaluate, parse_metrics
+from inkfuse.metrics import evaluate, evaluate_images, parse_metrics
 from inkfuse.nn import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*feature dimensions:UserWarning")
@@ -193,3 +195,101 @@ def test_loading_a_broken_run_dir_is_a_checkpoint_error(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(CheckpointError):
         evaluate(tmp_path / "run", "fid", n=4, progress=False)
+
+
+# --- bpd and the copy check (issue 16) ---------------------------------------------------------
+
+OLD_RUNS = Path(__file__).parents[1] / "fixtures" / "old-runs"
+# many small-batch forward and backward passes: a second intra-op thread only spins
+one_thread = pytest.mark.usefixtures("one_thread")
+
+
+@one_thread
+@pytest.mark.parametrize("name, space", [("class", "pixels 3x16x16"),
+                                         ("text", "pixels 3x16x16"),  # conditioned on captions
+                                         ("latent", "latents 4x4x4")])
+def test_cli_bpd_on_a_fixture_run(name, space, tmp_path, monkeypatch, capsys):
+    """Both estimators on held-out images of a tiny run, no sampling; the latent run's number
+    says it is per latent dimension."""
+    monkeypatch.setattr(pipelines, "sample", lambda *a, **k: pytest.fail("sampled anyway"))
+    out = tmp_path / "r.json"
+    assert cli(["eval", str(OLD_RUNS / name), "--metric", "bpd", "--n", "4", "--seed", "1",
+                "--bpd-t-samples", "2", "--bpd-ode-steps", "2", "--quiet",
+                "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "dataset shapes, size 16, n 4, seed 1"
+    assert [line.split()[0] for line in lines[2:4]] == ["bpd_vlb", "bpd_ode"]
+    assert all("±" in line for line in lines[2:4])
+    assert ("per latent dimension" in lines[4]) == (name == "latent")
+    saved = json.loads(out.read_text())
+    assert saved["bpd_space"] == space and saved["bpd_n"] == 4
+    for key in ("bpd_vlb", "bpd_vlb_se", "bpd_ode", "bpd_ode_se"):
+        assert math.isfinite(saved[key]) and saved[key] != 0
+    parts = sum(saved[f"bpd_vlb_{p}"] for p in ("prior", "decoder", "diffusion"))
+    assert parts == pytest.approx(saved["bpd_vlb"])
+
+
+@one_thread
+def test_bpd_estimators_one_at_a_time_and_seeded(tmp_path):
+    run = pipelines.load_run(OLD_RUNS / "class")
+    kw = {"n": 3, "bpd_t_samples": 2, "bpd_ode_steps": 2, "progress": False}
+    vlb = evaluate(run, "bpd", bpd_estimators=("vlb",), **kw)
+    assert "bpd_vlb" in vlb and "bpd_ode" not in vlb
+    again = evaluate(run, "bpd", bpd_estimators=("vlb",), **kw)
+    other = evaluate(run, "bpd", bpd_estimators=("vlb",), seed=5, **kw)
+    assert again["bpd_vlb"] == vlb["bpd_vlb"] != other["bpd_vlb"]
+    ode = evaluate(run, "bpd", bpd_estimators=("ode",), bpd_solver="heun", **kw)
+    assert "bpd_ode" in ode and "bpd_vlb" not in ode and ode["bpd_solver"] == "heun"
+
+
+@one_thread
+def test_cli_nn_on_a_run_dir_writes_the_grid(shapes_run, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    assert cli(["eval", str(shapes_run.dir), "--metric", "nn", "--n", "6", "--steps", "2",
+                "--quiet", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "nn_share" in text and "nn_heldout_share" in text
+    saved = json.loads(out.read_text())
+    assert 0 <= saved["nn_share"] <= 1 and saved["nn_train_images"] == 256
+    grid = Image.open(tmp_path / "res-nn.png")  # beside --out, 1 + 3 images wide
+    assert grid.size[0] > grid.size[1] / 6 * 3
+
+
+@one_thread
+def test_nn_finds_training_images_given_back(shared_data, tmp_path):
+    """Images that are training digits are all copies: share 1, while real test digits sit
+    about as far from the training set as training digits from each other."""
+    data = DataConfig(name="mnist", size=28, limit=3000, labels="none")
+    copies = build_dataset(data).images[-40:]
+    r = evaluate_images(copies, None, data, "nn", nn_grid=tmp_path / "g.png")
+    assert r["nn_share"] == 1.0 and r["nn_median_ratio"] == 0
+    assert r["nn_heldout_share"] < 0.5 and r["nn_train_images"] == 3000
+    assert Image.open(tmp_path / "g.png").size[0] >= 4 * 28
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "x.npz", "--dataset", "mnist", "--metric", "bpd"],
+     "bpd scores a model, not images: give a run dir"),
+    (["eval", "x.npz", "--dataset", "mnist", "--nn-grid", "g.png"],
+     "--nn-grid draws the copy check: add nn to --metric"),
+    (["eval", "x.npz", "--dataset", "mnist", "--metric", "nn", "--nn-grid", "g.jpg"],
+     "--nn-grid g.jpg: use a file ending in .png"),
+    (["eval", "RUN", "--metric", "bpd", "--bpd-ode-steps", "0"],
+     "--bpd-ode-steps must be at least 1, got 0"),
+])
+def test_cli_bpd_and_nn_bad_input_is_one_line(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "x.npz", images=np.zeros((4, 28, 28, 1), np.uint8))
+    assert cli(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("inkfuse: error: ") and message in err and "\n" not in err
+
+
+@one_thread
+def test_bpd_needs_two_images_and_a_model_it_can_condition(tmp_path, tiny_overrides):
+    run = pipelines.load_run(OLD_RUNS / "class")
+    with pytest.raises(ConfigError, match="bpd needs --n >= 2 test images"):
+        evaluate(run, "bpd", n=1, progress=False)
+    sr = make_run(tmp_path, tiny_overrides, "data.low_res=8")
+    with pytest.raises(ConfigError, match="bpd of a super-resolution model is not supported"):
+        evaluate(sr, "bpd", n=2, progress=False)

@@ -152,17 +152,10 @@ def test_a_failed_first_step_leaves_nothing_and_the_fix_trains(tmp_path, capsys,
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
-def test_a_failure_after_a_checkpoint_keeps_the_run(tmp_path, monkeypatch, tiny_overrides):
+def test_a_failure_after_a_checkpoint_keeps_the_run(tmp_path, tiny_overrides,
+                                                    killed_after_checkpoint):
     config = load_recipe("shapes", tiny_overrides)
-    real_save = checkpoint.save
-
-    def save_then_fail(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", save_then_fail)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "run", progress=False)
+    killed_after_checkpoint(config, tmp_path / "run")  # right after the first checkpoint
     assert checkpoint.find(tmp_path / "run") is not None
     assert (tmp_path / "run" / "config.json").is_file()
 

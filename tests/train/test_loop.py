@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inkfuse.artifacts import checkpoint
 from inkfuse.config import TrainConfig, load_recipe
 from inkfuse.errors import TrainingError
 from inkfuse.train import loop, train
@@ -58,20 +57,12 @@ def same_tensors(a: Path, b: Path) -> bool:
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_killed_run_resumes_to_identical_weights(kind, tmp_path, tiny_overrides, monkeypatch):
+def test_killed_run_resumes_to_identical_weights(kind, tmp_path, tiny_overrides,
+                                                 killed_after_checkpoint):
     config = recipe(kind, tiny_overrides)
     straight = train(config, tmp_path / "straight", progress=False)
 
-    real_save = checkpoint.save
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt  # killed right after the step-3 checkpoint
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    killed_after_checkpoint(config, tmp_path / "resumed")  # right after the first checkpoint
     state = json.loads((tmp_path / "resumed/checkpoint/state.json").read_text())
     assert state["step"] == 3
     resumed = train(config, tmp_path / "resumed", progress=False)

@@ -21,7 +21,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +183,12 @@ def _make_tmp(run_dir: Path) -> Path:
 
 
 def save(run_dir: Path, model: dict[str, Tensor], ema: dict[str, Tensor],
-         trainer: dict[str, Tensor], state: dict[str, Any]) -> None:
+         trainer: dict[str, Tensor], state: dict[str, Any],
+         extra: Mapping[str, dict[str, Tensor]] | None = None) -> None:
     """Write a complete checkpoint into `run_dir/checkpoint/`, atomically as a whole.
 
+    `extra` names further state to resume from (`<name>.safetensors` beside the others: the
+    post-hoc EMA's averages), swapped in with the rest, so that it is always of the same step.
     The caller holds the run-dir lock (`artifacts.lock`), so temp checkpoints still there are
     leftovers of a crash and are deleted first. A failed write (a full disk most often) is one
     CheckpointError line; the temp folder is removed and the previous checkpoint is untouched,
@@ -199,7 +202,8 @@ def save(run_dir: Path, model: dict[str, Tensor], ema: dict[str, Tensor],
         try:
             step = str(state["step"])
             with writing(tmp, again):
-                for name, tensors in (("model", model), ("ema", ema), ("trainer", trainer)):
+                files = {"model": model, "ema": ema, "trainer": trainer, **(extra or {})}
+                for name, tensors in files.items():
                     _save_tensors(tmp / f"{name}.safetensors", tensors, {"step": step})
                 _write_json(tmp / "state.json", state)
         except BaseException:

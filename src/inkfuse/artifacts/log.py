@@ -1,6 +1,8 @@
-"""A run's `log.jsonl`: one JSON record per logged step (`step`, `loss`, its parts, `lr`, ...),
-appended as training goes and cut back to the checkpoint when a run resumes, so that a resumed
-log reads as if the run had never stopped.
+"""A run's `log.jsonl`: one JSON record per logged step (`step`, `loss`, its parts, `lr`, the
+training time `seconds` and `train_seconds`), and one per in-training score (`step`, `eval`:
+{metric: value}, see `train.eval_every`), appended as training goes and cut back to the
+checkpoint when a run resumes, so that a resumed log reads as if the run had never stopped.
+Each record's structure is `schema.LOG_RECORD`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from inkfuse.artifacts.checkpoint import writing
+from inkfuse.artifacts.schema import LOG_RECORD, check_json
 from inkfuse.errors import CheckpointError
 from inkfuse.io import atomic_path, write_new
 
 LOG = "log.jsonl"
+_FIX = "delete that line (or the log) and run the same command again"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -52,8 +56,8 @@ def read_log(path: Path) -> list[dict[str, Any]]:
         if not (isinstance(record, dict) and isinstance(record.get("step"), int)
                 and not isinstance(record["step"], bool)):
             raise CheckpointError(f"{path} line {number} is not a log record with an integer "
-                                  "'step'; delete that line (or the log) and run the same "
-                                  "command again")
+                                  f"'step'; {_FIX}")
+        check_json(record, LOG_RECORD, path, f"line {number}", _FIX)
         records.append(record)
     return records
 

@@ -16,10 +16,11 @@ from inkfuse.artifacts import checkpoint
 from inkfuse.artifacts.clip import load_conditioner
 from inkfuse.artifacts.vae import load_latent_space
 from inkfuse.config import Config
-from inkfuse.diffusion import Condition, Denoiser, Schedule, cfg
+from inkfuse.diffusion import Condition, Denoiser, Schedule, cfg, threshold
 from inkfuse.diffusion.latent import LatentSpace
 from inkfuse.errors import CheckpointError, ConfigError
 from inkfuse.nn import build_model
+from inkfuse.runtime import resolve_precision
 from inkfuse.text.conditioner import TextConditioner, is_pretrained
 
 
@@ -71,8 +72,10 @@ class Run:
 
     def autocast(self, precision: str | None = None) -> torch.autocast:
         """bf16 autocast for the network when `precision` (default: the run's training
-        precision) is bf16; the samplers' own arithmetic stays in float32."""
-        bf16 = (precision or self.config.train.precision) == "bf16"
+        precision; `auto` decides on the machine that samples) is bf16; the samplers' own
+        arithmetic stays in float32."""
+        wanted = precision or self.config.train.precision
+        bf16 = resolve_precision(wanted, self.device.type) == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     @property
@@ -80,11 +83,21 @@ class Run:
         return self.config.model.cond_dim > 0 or self.config.model.token_dim > 0
 
     def denoiser(self, guidance: float = 1.0, rescale: float = 0.0,
-                 weights: tuple[float, ...] = (1.0,)) -> Callable:
+                 weights: tuple[float, ...] = (1.0,), thresholding: str | None = None,
+                 percentile: float | None = None) -> Callable:
+        """The run's denoiser, guided (when conditional) and then thresholded: `thresholding`
+        (none, static, dynamic; default the recipe's) acts on the guided x̂0."""
+        s = self.config.sample
+        mode = s.thresholding if thresholding is None else thresholding
+        if mode != "none" and self.latent is not None:
+            raise ConfigError(f"--threshold {mode} is for pixel models; {self.dir} samples "
+                              "latents, which have no [-1, 1] range: drop --threshold")
         # pixels live in [-1, 1], so x0 is clamped there; latents have no such bound
         clip = None if self.latent is not None else 1.0
         base = Denoiser(self.net, self.schedule, self.config.diffusion.target, clip, self.null)
-        return cfg(base, guidance, rescale, weights) if self.conditional else base
+        guided = cfg(base, guidance, rescale, weights) if self.conditional else base
+        return threshold(guided, self.schedule, mode,
+                         s.threshold_percentile if percentile is None else percentile)
 
 
 def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.device = "cpu",
@@ -104,8 +117,7 @@ def load_run(run_dir: str | Path, *, ema: bool = True, device: str | torch.devic
         config = config_mod.from_dict(raw, source=str(run_dir / "config.json"))
     except ConfigError as e:
         raise CheckpointError(f"{run_dir} is not a run of this inkfuse version: {e}") from None
-    schedule = Schedule(config.diffusion.schedule, config.diffusion.timesteps,
-                        config.diffusion.beta_start, config.diffusion.beta_end)
+    schedule = Schedule.of(config.diffusion)
     net = build_model(config.model, config.data.size, config.diffusion.timesteps)
     which = "ema" if ema else "model"
     weights = checkpoint.load_weights(run_dir, which)

@@ -52,6 +52,11 @@ def add_parser(subparsers: Any) -> None:
                          "several (0,1,2,4,8) give one row each")
     sa.add_argument("--rescale", action=number(float, lo=0, hi=1), default=None,
                     help="guidance rescale φ in [0, 1] (Lin et al. 2024; default: the recipe's)")
+    sa.add_argument("--threshold", choices=("none", "static", "dynamic"), default=None,
+                    help="the guided x̂0: as predicted, clipped to [-1, 1], or Imagen's dynamic "
+                         "thresholding (pixel models; default: the recipe's)")
+    sa.add_argument("--threshold-percentile", action=number(float, lo=0.5, hi=1), default=None,
+                    help="dynamic thresholding's percentile p (default: the recipe's, 0.995)")
     add_condition_args(sa, context=True, many=True)
     sa.add_argument("--upsample", default=None, metavar="SR_RUN",
                     help="a super-resolution run that draws the samples again, larger")
@@ -92,7 +97,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         sampler=sampler, steps=s.steps if args.steps is None else args.steps, seed=args.seed,
         progress=True,
         rescale=s.guidance_rescale if args.rescale is None else args.rescale,
-        spacing=args.spacing,
+        spacing=args.spacing, thresholding=args.threshold,
+        threshold_percentile=args.threshold_percentile,
         on_step=(lambda i, x, p: frames.append(x.clamp(-1, 1).cpu())) if out.suffix == ".gif"
         else None,
     ) | pipelines.recipe_options(run, sampler) | {k: v for k, v in given.items() if v is not None}

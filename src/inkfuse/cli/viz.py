@@ -63,7 +63,7 @@ def cmd_viz(args: argparse.Namespace) -> None:
         from inkfuse.data import build_dataset
 
         data = build_dataset(replace(config, data={"limit": args.n}).data)
-        s = Schedule(dc.schedule, dc.timesteps, dc.beta_start, dc.beta_end)
+        s = Schedule.of(dc)
         x0 = data.to_float()[: args.n]
         ts = torch.linspace(0, dc.timesteps - 1, args.columns).round().long()
         gen = torch.Generator().manual_seed(args.seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from inkfuse.config.core import Recipe, bounded, listed
-from inkfuse.config.sections import DataConfig, TrainConfig, check_data
+from inkfuse.config.sections import DataConfig, TrainConfig, check_data, check_train
 from inkfuse.errors import ConfigError
 
 
@@ -61,6 +61,7 @@ class ClipConfig(Recipe):
             raise ConfigError(f"data.name = {d.name!r}: a CLIP trains on captioned images, "
                               "'shapes' or a 'folder' with captions.csv")
         check_data(d)
+        check_train(self.train)
         if d.hflip or d.crop_padding or d.vae or d.low_res or d.holdout:
             raise ConfigError("a CLIP recipe takes no data.hflip, crop_padding, vae, low_res or "
                               "holdout (a flip would swap left and right in the captions)")

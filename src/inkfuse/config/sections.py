@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from inkfuse.config.core import Recipe, bounded, choice, listed
 from inkfuse.errors import ConfigError
 
+SIGMA_REL_MAX = (1 / 12) ** 0.5  # σ_rel of EDM2's power-function EMA at γ = 0 (train.ema)
+
 
 @dataclass
 class DataConfig:
@@ -88,6 +90,9 @@ class DiffusionConfig:
     cond_drop_prob: float = bounded(0.1, 0.0, 1.0, doc="Bernoulli mask on the condition")
     low_res_noise: float = bounded(0.2, 0.0, 1.0, doc="noise-conditioning augmentation: the "
                                    "low-res input is noised up to this fraction of T")
+    zero_terminal_snr: bool = field(default=False, metadata={
+        "doc": "rescale the schedule so that ᾱ at the last step is exactly 0, pure noise as "
+               "sampling assumes (Lin et al. 2024, Algorithm 1); needs target v or x0"})
 
 
 @dataclass
@@ -104,7 +109,9 @@ class TrainConfig:
     grad_clip: float = bounded(1.0, 0.0, None, doc="max grad norm (0 = off)")
     ema_decay: float = bounded(0.999, 0.0, 1.0, doc="0 = no moving average: the final "
                                                    "weights are the last step's")
-    precision: str = choice("fp32", "fp32", "bf16")
+    precision: str = choice("fp32", "fp32", "bf16", "auto",
+                            doc="auto = bf16 where the hardware has it (AVX512_BF16/AMX, "
+                                "CUDA), else fp32")
     channels_last: bool = False  # measured slower for small U-Nets on CPU (benchmarks/README.md)
     compile: bool = False
     device: str = choice("auto", "auto", "cpu", "cuda")
@@ -112,6 +119,22 @@ class TrainConfig:
     max_minutes: float = bounded(0.0, 0.0, None, doc="stop cleanly after this long (0 = off)")
     checkpoint_every: int = bounded(500, 1, None)
     log_every: int = bounded(10, 1, None)
+    eval_every: int = bounded(0, 0, None, doc="every this many steps (and at the end), score "
+                              "eval_n samples of the EMA weights into log.jsonl and loss.png "
+                              "with the metric that fits the data: fd_cls (and accuracy) for "
+                              "mnist / fashion-mnist, the shapes checker's accuracy for "
+                              "class-conditional shapes, else FID (0 = off). Scoring time is "
+                              "not training time: max_minutes does not count it")
+    eval_n: int = bounded(128, 2, 100_000, doc="samples per in-training score (the recipe's "
+                                               "[sample] sampler and steps, a fixed seed)")
+    ema_snapshots_every: int = bounded(0, 0, None, doc="post-hoc EMA (Karras et al. 2024): "
+                                       "keep power-function EMAs of the widths ema_sigma_rels "
+                                       "and save them every this many steps (and at the end) "
+                                       "into RUN/ema_snapshots/, for `inkfuse ema RUN --sweep` "
+                                       "(0 = off). Each save is a copy of the weights per "
+                                       "width: a tenth of train.steps gives 10 to 20 of them")
+    ema_sigma_rels: list[float] = listed([0.05, 0.10], doc="widths σ_rel of the post-hoc EMAs, "
+                                         "each in (0, 0.2887), as EDM2's two")
 
 
 @dataclass
@@ -121,6 +144,10 @@ class SampleConfig:
     eta: float = bounded(0.0, 0.0, 1.0)
     guidance: float = bounded(2.0, 0.0, 100.0, doc="CFG weight w: eps_u + w (eps_c - eps_u)")
     guidance_rescale: float = bounded(0.0, 0.0, 1.0)
+    thresholding: str = choice("none", "none", "static", "dynamic",
+                               doc="x̂0 after guidance: as predicted, clipped to [-1, 1], or "
+                                   "Imagen's dynamic thresholding (pixel models only)")
+    threshold_percentile: float = bounded(0.995, 0.5, 1.0, doc="dynamic thresholding's p")
     per_class: int = bounded(8, 1, 64, doc="grid columns per class in training grids")
     low_res_noise: float = bounded(0.05, 0.0, 1.0, doc="noise level of the low-res input when "
                                    "upsampling, as a fraction of T")
@@ -167,10 +194,43 @@ def check_data(d: DataConfig) -> None:
                           "data.name = 'shapes'")
 
 
+def check_train(tc: TrainConfig) -> None:
+    """The post-hoc EMA widths: γ > 0 (σ_rel < sqrt(1/12), EDM2 eq. 3), at least two distinct
+    ones (a least-squares fit needs a basis), each its own snapshot file name."""
+    if not tc.ema_snapshots_every:
+        return
+    rels = tc.ema_sigma_rels
+    bad = [r for r in rels if not 0 < r < SIGMA_REL_MAX]
+    if bad:
+        raise ConfigError(f"train.ema_sigma_rels = {rels}: {bad[0]:g} is outside (0, "
+                          f"{SIGMA_REL_MAX:.4f}); EDM2 keeps 0.05 and 0.10")
+    if len({f"{r:g}" for r in rels}) != len(rels) or len(rels) < 2:
+        raise ConfigError(f"train.ema_sigma_rels = {rels}: give at least two different widths, "
+                          "e.g. [0.05, 0.10]")
+
+
+def check_diffusion(dc: DiffusionConfig) -> None:
+    """With zero_terminal_snr, x_T = ε at the last step holds no trace of x_0: an ε-network
+    there has nothing to regress but its input, and x_0 = (x_T − sqrt(1 − ᾱ) ε̂) / sqrt(ᾱ)
+    divides by 0. Lin et al. 2024 train with v instead (x_0 would do); diffusers leaves ε
+    allowed and only cuts ᾱ_T to 2⁻²⁴ in its Euler scheduler, which hides the division but not
+    the problem, so it is refused here."""
+    if dc.zero_terminal_snr and dc.target == "eps":
+        raise ConfigError("diffusion.zero_terminal_snr = true makes the last step pure noise, "
+                          "where an eps target is undefined: set diffusion.target = 'v' "
+                          "(as Lin et al. 2024) or 'x0'")
+
+
 def _check_consistency(config: Config) -> None:
     """Cross-field rules that a single field's range cannot express."""
     m, d = config.model, config.data
     check_data(d)
+    check_diffusion(config.diffusion)
+    check_train(config.train)
+    if config.train.eval_every and d.low_res:
+        raise ConfigError("train.eval_every does not score super-resolution runs (data.low_res): "
+                          "their samples need low-res inputs to upsample; set train.eval_every "
+                          "= 0")
     levels = len(m.channel_mult)
     if levels < 1:
         raise ConfigError("model.channel_mult needs at least one level, e.g. [1, 2, 2]")
@@ -191,6 +251,9 @@ def _check_consistency(config: Config) -> None:
     if d.vae and (d.hflip or d.crop_padding or d.low_res):
         raise ConfigError("data.vae (latent diffusion) works without data.hflip, "
                           "data.crop_padding and data.low_res: set them to their defaults")
+    if d.vae and config.sample.thresholding != "none":
+        raise ConfigError("sample.thresholding is for pixel models: latents have no [-1, 1] "
+                          "range to clip to; set it to 'none'")
     if d.labels == "clip-image" and config.text.conditioning != "pooled":
         raise ConfigError("data.labels = 'clip-image' conditions on one embedding per image: "
                           "use text.conditioning = 'pooled'")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from inkfuse.config.core import Recipe, bounded, choice, listed
-from inkfuse.config.sections import DataConfig, TrainConfig, check_data
+from inkfuse.config.sections import DataConfig, TrainConfig, check_data, check_train
 from inkfuse.errors import ConfigError
 
 # Stable Diffusion's widths for a factor of 8; one level fewer for 4
@@ -67,6 +67,7 @@ class VAEConfig(Recipe):
     def check(self) -> None:
         d, v = self.data, self.vae
         check_data(d)
+        check_train(self.train)
         try:
             widths = v.widths()
         except ValueError as e:

@@ -7,7 +7,9 @@ antialiased), so photos of any shape work.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,18 +28,21 @@ _WIDE = ("I;16", "I;16B", "I;16L", "I", "F")  # more than 8 bits per pixel: scal
 MAX_PIXELS = 64 * 1024 * 1024
 
 
-def _open(path: Path) -> Image.Image:
-    """Open lazily (header only), with a DataError naming the file if that fails."""
-    if not path.is_file():
-        raise DataError(f"image {path} not found; check the path")
+def _open(path: Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """Open lazily (header only), with a DataError naming the file (or `name`, for bytes that
+    came from elsewhere, such as an upload) if that fails."""
+    if name is None:
+        if not Path(path).is_file():
+            raise DataError(f"image {path} not found; check the path")
+        name = str(path)
     try:
         image = Image.open(path)
     except Image.DecompressionBombError:
         image = None
     except _BROKEN as e:
-        raise DataError(f"{path} is not a readable image ({e}); delete or replace it") from None
+        raise DataError(f"{name} is not a readable image ({e}); delete or replace it") from None
     if image is None or image.width * image.height > MAX_PIXELS:
-        raise DataError(f"{path} claims more than {MAX_PIXELS:,} pixels; "
+        raise DataError(f"{name} claims more than {MAX_PIXELS:,} pixels; "
                         "resize it to a few thousand pixels a side")
     return image
 
@@ -52,20 +57,28 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(x * (255.0 / top)), 0, 255).astype(np.uint8), "L")
 
 
-def load_image(path: str | Path, size: int | None = None, channels: int = 3) -> torch.Tensor:
-    """An image file as uint8 [channels, H, W] (1 = greyscale, 3 = RGB; alpha is dropped),
-    centre-cropped and resized to size x size unless size is None."""
+def load_image(path: str | Path | bytes, size: int | None = None, channels: int = 3, *,
+               name: str | None = None) -> torch.Tensor:
+    """An image file (or its bytes, called `name` in errors) as uint8 [channels, H, W]
+    (1 = greyscale, 3 = RGB; alpha is dropped), centre-cropped and resized to size x size unless
+    size is None."""
     if channels not in (1, 3):
         raise ConfigError(f"channels = {channels} is not supported; use 1 (greyscale) or 3 (RGB)")
-    path = Path(path)
+    if isinstance(path, bytes):
+        source: Path | BinaryIO = io.BytesIO(path)
+        name = name or "the image"
+    else:
+        source = Path(path)
+    label = name or str(source)
     mode = "L" if channels == 1 else "RGB"
-    with _open(path) as image:
+    with _open(source, name) as image:
         if size:
             image.draft(mode, (size, size))  # JPEG: decode at a reduced scale that is still >= size
         try:
             pixels = np.array(_to_8bit(image).convert(mode))
         except _BROKEN as e:
-            raise DataError(f"{path} is corrupt or truncated ({e}); delete or replace it") from None
+            raise DataError(f"{label} is corrupt or truncated ({e}); delete or replace "
+                            "it") from None
     x = torch.from_numpy(pixels).view(*pixels.shape[:2], channels).permute(2, 0, 1)
     return x.contiguous() if size is None else resize(x[None], size)[0]
 

@@ -7,8 +7,9 @@ from inkfuse.diffusion.guidance import cfg
 from inkfuse.diffusion.objectives import loss_weight
 from inkfuse.diffusion.samplers import SAMPLERS
 from inkfuse.diffusion.schedule import Schedule, timesteps
+from inkfuse.diffusion.thresholding import threshold
 
 __all__ = [
     "SAMPLERS", "Condition", "Denoiser", "Prediction", "Schedule", "cfg", "loss_weight",
-    "timesteps",
+    "threshold", "timesteps",
 ]

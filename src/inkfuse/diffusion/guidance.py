@@ -11,6 +11,7 @@ below guidance, identically to training.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from inkfuse.diffusion.conditioning import Condition
@@ -52,7 +53,13 @@ class Guided:
             eps_c = eps_u + delta
             eps = self.rescale * eps * (_std(eps_c) / _std(eps)) + (1 - self.rescale) * eps
         a, s = coefficients(self.schedule, t, x)
-        return Prediction((x - s * eps) / a, eps)
+        x0 = (x - s * eps) / a
+        if not bool((a > 0).all()):  # ᾱ = 0 (zero terminal SNR): guide x̂0, affine in ε̂ elsewhere
+            *x0_cs, x0_u = out.x0.chunk(k + 1)
+            guided = x0_u + self.w * sum(c_w * (c - x0_u)
+                                         for c_w, c in zip(self.weights, x0_cs, strict=True))
+            x0 = torch.where(a > 0, x0, guided)
+        return Prediction(x0, eps)
 
 
 def cfg(denoiser: Denoiser, w: float, rescale: float = 0.0,

@@ -5,6 +5,11 @@ Variance-preserving diffusion with T discrete steps (Ho et al. 2020):
 Index t runs 0..T-1 (step t = 0 is the first, least noisy one). Everything else — α_t, σ_t
 (the EDM/Karras noise level of the same marginal, x_t / sqrt(ᾱ_t) = x_0 + σ_t ε), SNR — is a
 view of ᾱ, so samplers and losses never recompute the schedule themselves.
+
+`zero_terminal_snr` rescales any of them so that ᾱ_{T−1} = 0 exactly (Lin et al. 2024): the
+last step is pure noise, as sampling assumes. There ε is unidentifiable (x_T = ε carries no
+x_0), so such a schedule needs a v or x_0 target (the recipe validator says so); and its σ at
+the last step is ∞, which the σ view caps (`ZERO_SNR_SIGMA_FACTOR`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import torch
 from torch import Tensor
 
+from inkfuse.config import DiffusionConfig
 from inkfuse.errors import ConfigError
 
 
@@ -36,11 +42,40 @@ def _sigmoid(T: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) ->
     return (1 - g[1:] / g[:-1]).clamp(1e-8, 0.999)
 
 
+def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    Algorithm 1: shift sqrt(ᾱ_t) so that its last value is 0, then scale it so that its first
+    value is unchanged,
+
+        sqrt(ᾱ'_t) = (sqrt(ᾱ_t) − sqrt(ᾱ_{T−1})) · sqrt(ᾱ_0) / (sqrt(ᾱ_0) − sqrt(ᾱ_{T−1})),
+
+    and return the betas of the result (β'_t = 1 − ᾱ'_t / ᾱ'_{t−1}, so β'_{T−1} = 1). In float64:
+    the shift cancels most digits of the last steps."""
+    sqrt_ab = torch.cumprod(1 - betas.double(), 0).sqrt()
+    first, last = sqrt_ab[0].item(), sqrt_ab[-1].item()
+    ab = ((sqrt_ab - last) * (first / (first - last))) ** 2
+    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
+    return 1 - alphas
+
+
+# The σ view of a zero-terminal-SNR schedule caps its last σ (∞) at this many times σ_{T−2}
+# (and at least this: diffusers' Euler scheduler uses ᾱ = 2⁻²⁴, σ ≈ 4096). σ-space samplers then
+# take a finite first step from the trailing grid's t = T−1; its part that depends on σ_{T−1}
+# (σ_next / σ_{T−1} ≤ 1/4096 of the denoised image) vanishes in the exact σ = ∞ limit. The
+# network itself still sees ᾱ = 0 there (integer steps read `alphas_cumprod`). Heun's step has
+# no such limit: its correction weighs the change of the denoised image across the step by
+# σ / σ_next, so Heun and Restart belong on their default Karras grid (σ ≤ 80), not on a
+# trailing one, with this schedule.
+ZERO_SNR_SIGMA_FACTOR = 4096.0
+
+
 class Schedule:
-    """ᾱ, α, β, σ and SNR for `T` steps of a named schedule (`linear`, `cosine`, `sigmoid`)."""
+    """ᾱ, α, β, σ and SNR for `T` steps of a named schedule (`linear`, `cosine`, `sigmoid`),
+    rescaled to reach pure noise at its last step with `zero_terminal_snr`."""
 
     def __init__(
-        self, kind: str = "cosine", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+        self, kind: str = "cosine", T: int = 1000, beta_start: float = 1e-4,
+        beta_end: float = 0.02, zero_terminal_snr: bool = False,
     ):
         if kind == "linear":
             betas = _linear(T, beta_start, beta_end)
@@ -53,17 +88,38 @@ class Schedule:
         if not (betas.min() > 0 and betas.max() < 1):
             raise ConfigError(f"{kind} schedule has betas outside (0, 1): "
                               "check beta_start/beta_end")
-        self.kind, self.T = kind, T
+        if zero_terminal_snr:
+            if T < 2:
+                raise ConfigError("zero_terminal_snr needs at least 2 steps: the first keeps "
+                                  "its ᾱ, the last becomes pure noise")
+            betas = rescale_zero_terminal_snr(betas)
+            # only the last step may be pure noise: a β of 1 (or NaN, 0/0) earlier means ᾱ had
+            # already underflowed to 0 before T−1
+            if not (betas[:-1].min() > 0 and betas[:-1].max() < 1):
+                raise ConfigError(f"the {kind} schedule of T = {T} steps reaches ᾱ = 0 before "
+                                  "its last step, so zero_terminal_snr cannot rescale it; lower "
+                                  "diffusion.timesteps or diffusion.beta_end")
+        self.kind, self.T, self.zero_terminal_snr = kind, T, zero_terminal_snr
         self.betas = betas.float()
         self.alphas = (1 - betas).float()
         self.alphas_cumprod = torch.cumprod(1 - betas, 0).float()
         # σ in float64 first: near t = 0 it is small and precision matters for Karras grids.
         ab = torch.cumprod(1 - betas, 0)
-        self.sigmas = ((1 - ab) / ab).sqrt().float()
+        sigmas = ((1 - ab) / ab).sqrt()
+        if zero_terminal_snr:  # σ_{T−1} = ∞: capped, see ZERO_SNR_SIGMA_FACTOR
+            sigmas[-1] = ZERO_SNR_SIGMA_FACTOR * max(sigmas[-2].item(), 1.0)
+        self.sigmas = sigmas.float()
         self.log_sigmas = self.sigmas.log()
 
+    @classmethod
+    def of(cls, dc: DiffusionConfig) -> Schedule:
+        """The schedule a recipe's [diffusion] table describes: one place that reads every field
+        of it, for training and for loading a run alike."""
+        return cls(dc.schedule, dc.timesteps, dc.beta_start, dc.beta_end, dc.zero_terminal_snr)
+
     def __repr__(self) -> str:
-        return f"Schedule({self.kind!r}, T={self.T})"
+        zero = ", zero_terminal_snr=True" if self.zero_terminal_snr else ""
+        return f"Schedule({self.kind!r}, T={self.T}{zero})"
 
     # --- views of ᾱ at (possibly fractional) steps ------------------------------------------
     def alpha_bar(self, t: Tensor) -> Tensor:

@@ -9,6 +9,12 @@ Metrics (names as on the command line):
 - accuracy: the share of class-conditional samples showing the asked class: the domain
   classifier for mnist / fashion-mnist, the shapes checker's shape kind for shapes.
 - fd_cls: the Fréchet distance in the domain classifier's feature space (mnist, fashion-mnist).
+- bpd: bits per dimension of n held-out test images, by the variational bound and by the
+  probability-flow ODE, each with its standard error (`inkfuse.metrics.likelihood`; a latent
+  run's numbers are per latent dimension). Draws no samples.
+- nn: the copy check: each sample's nearest training images and the share of samples closer to
+  the training set than 95% of training images are to the rest of it (`inkfuse.metrics.copying`),
+  with real test images' share beside it; `nn_grid` writes samples beside their neighbours.
 `reference_n` limits the real images of both Fréchet distances (default: the whole test split).
 Class-conditional runs are sampled with balanced labels (sample i asks for class i mod C).
 """
@@ -26,13 +32,15 @@ import torch
 
 from inkfuse import pipelines, viz
 from inkfuse.config import DataConfig, from_dict
+from inkfuse.data import build_dataset
 from inkfuse.errors import ConfigError, DataError
-from inkfuse.metrics import classifier, fid
+from inkfuse.metrics import classifier, copying, fid, likelihood
 from inkfuse.metrics.domain import class_accuracy, fd_cls
 from inkfuse.metrics.shapes_check import kind_accuracy
 
-METRICS = ("fid", "kid", "pr", "accuracy", "fd_cls")
+METRICS = ("fid", "kid", "pr", "accuracy", "fd_cls", "bpd", "nn")
 _INCEPTION_METRICS = ("fid", "kid", "pr")
+_UNSAMPLED = ("bpd",)  # scored on real test images, not on samples
 
 
 def parse_metrics(metrics: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -49,6 +57,8 @@ def parse_metrics(metrics: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def _check_applicable(names: list[str], data: DataConfig, n: int, labelled: bool) -> None:
     """Refuse metrics that cannot be computed, before any sampling is spent."""
+    if "bpd" in names and n < 2:
+        raise ConfigError(f"bpd needs --n >= 2 test images for a standard error, got {n}")
     if any(m in names for m in _INCEPTION_METRICS) and n < 2:
         raise ConfigError(f"fid/kid/pr need --n >= 2 samples (got {n}; 1,000+ is usual)")
     if "pr" in names and n <= 3:
@@ -109,11 +119,16 @@ def evaluate_images(
     reference_n: int | None = None, resize: str = "clean",
     fid_weights: str | os.PathLike[str] | None = None, progress: bool = True,
     kid_subset: int = 1000, kid_subsets: int = 100, seed: int = 0, trust_weights: bool = False,
+    train_seed: int = 0, nn_grid: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """The asked metrics of given images (uint8 [N, C, H, W] or floats in [-1, 1]) against the
     dataset `data` describes (its name, size, and for shapes max_objects). `trust_weights`
-    lets an Inception file other than the standard one be loaded (TorchScript can run code)."""
+    lets an Inception file other than the standard one be loaded (TorchScript can run code).
+    The copy check (nn) compares with `data`'s training images, drawn with `train_seed` as
+    training drew them (shapes), and writes its grid to `nn_grid` if given."""
     names = parse_metrics(metrics)
+    if "bpd" in names:
+        raise ConfigError("bpd scores a model, not images: give a run dir, not an .npz")
     x = fid.as_uint8_nchw(images, "samples")
     n = len(x)
     _check_applicable(names, data, n, labels is not None)
@@ -148,7 +163,31 @@ def evaluate_images(
             results["accuracy"] = class_accuracy(x, labels, data.name)
     if "fd_cls" in names:
         results["fd_cls"] = fd_cls(x, data.name, reference_n)
+    if "nn" in names:
+        results |= _copy_check(x, data, seed, train_seed, nn_grid)
     return results
+
+
+def _copy_check(x: torch.Tensor, data: DataConfig, seed: int, train_seed: int,
+                grid: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The copy check of uint8 samples `x` against `data`'s training images (unaugmented) and,
+    for comparison, as many of its test images."""
+    train = build_dataset(replace(data, split="train", hflip=False, crop_padding=0),
+                          seed=train_seed).images
+    if train.shape[1:] != x.shape[1:]:
+        raise DataError(f"the samples are {tuple(x.shape[1:])} but {data.name}'s training "
+                        f"images are {tuple(train.shape[1:])}: compare with their own dataset")
+    heldout = likelihood.test_split(data, len(x)).images
+    report = copying.copy_check(x, train, heldout=heldout, seed=seed)
+    out = {"nn_share": report.share, "nn_heldout_share": report.heldout_share,
+           "nn_quantile": copying.QUANTILE, "nn_threshold": report.threshold,
+           "nn_median_ratio": report.median_ratio, "nn_train_images": len(train)}
+    if grid is not None:
+        tiles, labels = copying.neighbour_grid(x, train, report)
+        viz.save_grid(tiles.float() / 127.5 - 1, grid, nrow=1 + report.neighbours.shape[1],
+                      labels=labels)
+        out["nn_grid"] = str(grid)
+    return out
 
 
 def evaluate(
@@ -157,21 +196,43 @@ def evaluate(
     eta: float | None = None, ema: bool = True, batch_size: int = 256,
     reference_n: int | None = None, resize: str = "clean",
     fid_weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu",
-    progress: bool = True, trust_weights: bool = False,
+    progress: bool = True, trust_weights: bool = False, bpd_estimators: tuple[str, ...] =
+    likelihood.ESTIMATORS, bpd_t_samples: int = 8, bpd_ode_steps: int = 32,
+    bpd_solver: str = "rk4", bpd_variance: str = "posterior",
+    nn_grid: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Sample `n` images from `run` (a `Run` or a run dir) and compute `metrics` (see the
     module doc). Sampler, steps, guidance and eta default to the run's [sample] settings.
+    bpd scores `n` test images instead, with the `bpd_*` settings (`likelihood.run_bpd`);
+    asked alone, it draws no samples.
 
     Returns {"fid": ..., "kid": ..., "kid_std": ..., "precision": ..., "recall": ...,
-    "accuracy": ..., "fd_cls": ...} (those asked) plus the settings used."""
+    "accuracy": ..., "fd_cls": ..., "bpd_vlb": ..., "bpd_vlb_se": ..., "bpd_ode": ...,
+    "nn_share": ...} (those asked) plus the settings used."""
     names = parse_metrics(metrics)
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"--n must be a positive integer, got {n!r}")
+    bpd = {"estimators": tuple(bpd_estimators), "t_samples": bpd_t_samples,
+           "ode_steps": bpd_ode_steps, "solver": bpd_solver, "variance": bpd_variance}
+    if "bpd" in names:
+        likelihood.check_options(**bpd)
     if not isinstance(run, pipelines.Run):
         run = pipelines.load_run(run, ema=ema, device=device, trust=trust_weights)
     cfg = run.config
     class_labels = cfg.model.cond_dim > 0 and cfg.data.labels == "class"
     _check_applicable(names, cfg.data, n, class_labels)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    start = time.time()
+    head = {"run": str(Path(run.dir)), "dataset": cfg.data.name, "size": cfg.data.size, "n": n}
+    results: dict[str, Any] = {}
+    if "bpd" in names:
+        results |= likelihood.run_bpd(run, n, seed=seed, batch_size=batch_size,
+                                      progress=progress, **bpd)
+    sampled = [m for m in names if m not in _UNSAMPLED]
+    if not sampled:
+        return {**head, "seed": seed, "ema": ema, **results,
+                "seconds": round(time.time() - start, 2)}
     if any(m in names for m in _INCEPTION_METRICS):
         # a missing or untrusted file fails before minutes of sampling
         fid.load_inception(fid_weights, trust=trust_weights)
@@ -187,22 +248,20 @@ def evaluate(
         settings["eta"] = eta
     if not isinstance(settings["steps"], int) or settings["steps"] < 1:
         raise ConfigError(f"--steps must be at least 1, got {settings['steps']!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if settings["guidance"] < 0:
         raise ConfigError(f"--guidance must be >= 0, got {settings['guidance']}")
     labels = torch.arange(n) % cfg.model.cond_dim if class_labels else None
-    start = time.time()
+    sample_start = time.time()
     samples = pipelines.sample(run, n, labels=labels, seed=seed, batch_size=batch_size,
                                progress=progress, rescale=s.guidance_rescale, **settings)
-    sample_seconds = time.time() - start
+    sample_seconds = time.time() - sample_start
     images = torch.from_numpy(viz.to_uint8(samples)).permute(0, 3, 1, 2)  # as `inkfuse sample`
-    results = evaluate_images(images, labels, cfg.data, names, reference_n=reference_n,
-                              resize=resize, fid_weights=fid_weights, progress=progress,
-                              seed=seed, trust_weights=trust_weights)
+    results |= evaluate_images(images, labels, cfg.data, sampled, reference_n=reference_n,
+                               resize=resize, fid_weights=fid_weights, progress=progress,
+                               seed=seed, trust_weights=trust_weights,
+                               train_seed=cfg.train.seed, nn_grid=nn_grid)
     return {
-        "run": str(Path(run.dir)), "dataset": cfg.data.name, "size": cfg.data.size, "n": n,
-        **settings, "seed": seed, "ema": ema, **results,
+        **head, **settings, "seed": seed, "ema": ema, **results,
         "sample_seconds": round(sample_seconds, 2),
         "seconds": round(time.time() - start, 2),
     }
@@ -212,9 +271,12 @@ def evaluate_npz(
     path: str | os.PathLike[str], metrics: str | list[str], dataset: str, *,
     max_objects: int = 1, reference_n: int | None = None, resize: str = "clean",
     fid_weights: str | os.PathLike[str] | None = None, progress: bool = True, seed: int = 0,
-    trust_weights: bool = False,
+    trust_weights: bool = False, nn_grid: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """The metrics of images saved by `inkfuse sample --out x.npz` against `dataset`."""
+    """The metrics of images saved by `inkfuse sample --out x.npz` against `dataset` (the copy
+    check: against its training split as a default recipe draws it)."""
+    if "bpd" in parse_metrics(metrics):
+        raise ConfigError("bpd scores a model, not images: give a run dir, not an .npz")
     images, labels = fid.load_npz_images(path)
     try:
         data = DataConfig(name=dataset, size=images.shape[-1], max_objects=max_objects)
@@ -223,7 +285,7 @@ def evaluate_npz(
         raise ConfigError(f"--dataset: {e}") from None
     results = evaluate_images(images, labels, data, metrics, reference_n=reference_n,
                               resize=resize, fid_weights=fid_weights, progress=progress,
-                              seed=seed, trust_weights=trust_weights)
+                              seed=seed, trust_weights=trust_weights, nn_grid=nn_grid)
     return {"npz": str(path), "dataset": dataset, "size": images.shape[-1], "n": len(images),
             **results}
 

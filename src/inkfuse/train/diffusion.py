@@ -3,7 +3,8 @@ the U-Net regressing the recipe's target through `Denoiser.loss`, with the condi
 context, caption through a frozen CLIP, low-res image) dropped for classifier-free guidance.
 
 At every checkpoint it draws a sample grid from the EMA weights held in memory: a second copy of
-the network (the one `Run` it samples from), so a grid costs no reload of the run dir.
+the network (the one `Run` it samples from), so a grid costs no reload of the run dir; with
+`train.eval_every` it scores a sample of the same copy (`train.scoring`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from inkfuse.diffusion.upsampling import shrink, training_levels, with_low_res
 from inkfuse.errors import ConfigError, TrainingError
 from inkfuse.nn import build_model
 from inkfuse.text.conditioner import TextConditioner, is_pretrained
-from inkfuse.train import loop
+from inkfuse.train import loop, scoring
 from inkfuse.train.clip import ClipKind
 from inkfuse.train.loop import Dist, Kind
 from inkfuse.viz import save_grid
@@ -53,8 +54,7 @@ class DiffusionKind(Kind):
         self.conditions = condition_source(config, self.data, self.text, device)
         if self.latent is not None:  # encode once; each step draws z from the posterior
             self.z_mean, self.z_std = self.latent.encode_dataset(self.data.images)
-        dc = config.diffusion
-        self.schedule = Schedule(dc.schedule, dc.timesteps, dc.beta_start, dc.beta_end)
+        self.schedule = Schedule.of(config.diffusion)
         self.null = self.text.empty_prompt() if self.text is not None else None  # dropped rows
         self.memory = (torch.channels_last if config.train.channels_last
                        else torch.contiguous_format)
@@ -113,6 +113,18 @@ class DiffusionKind(Kind):
         (self.run_dir / "samples").mkdir(exist_ok=True)
         save_grid(images, self.run_dir / "samples" / f"step-{step:07d}.png", nrow=s.per_class,
                   labels=labels)
+
+    def eval_metrics(self) -> list[str]:
+        metrics = scoring.metrics_for(self.config)
+        scoring.check_metrics(metrics)
+        return metrics
+
+    def score(self, step: int, weights: dict[str, Tensor], metrics: list[str]
+              ) -> dict[str, float | None]:
+        """`metrics` of train.eval_n samples of the EMA weights in memory."""
+        self.run.net.load_state_dict(weights)
+        return scoring.score(self.run, metrics, self.config.train.eval_n,
+                             scoring.eval_seed(self.config))
 
 
 def check_fits_data(config: Config, data: ImageDataset, text: TextConditioner | None = None,

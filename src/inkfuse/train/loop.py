@@ -4,6 +4,13 @@ budget and DDP. `run` reads top to bottom; a model kind (`train.diffusion`, `tra
 `train.clip`) plugs in as a `Kind`: its data, network and loss, and what it writes besides the
 checkpoint.
 
+Two optional extras watch the run without touching it. `train.eval_every` scores a small sample
+of the EMA weights in memory (`Kind.score`) into log.jsonl; the time it takes counts neither
+towards `train.max_minutes` nor towards the logged training time, and since every step reseeds
+all it draws (below) and the scoring samples from its own seeded generator, the weights are
+bit-identical with it on or off. `train.ema_snapshots_every` keeps post-hoc EMAs (`PowerEMA`)
+and saves their snapshots for `inkfuse ema`.
+
 Exact resume without saving RNG states: every random draw of step k (timesteps, noise, the
 condition mask, augmentation, dropout) comes from generators re-seeded from (seed, rank, k), and
 the data order of epoch e is a permutation seeded from (seed, e). So a run stopped after step k
@@ -31,12 +38,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from inkfuse.artifacts import checkpoint
+from inkfuse.artifacts import ema as snapshots
 from inkfuse.artifacts.lock import locked
 from inkfuse.artifacts.log import LOG, append_log, truncate_log
 from inkfuse.config import Recipe, TrainConfig
 from inkfuse.errors import CheckpointError, InkfuseError, TrainingError
-from inkfuse.runtime import keep_freed_memory
-from inkfuse.train.ema import EMA
+from inkfuse.runtime import keep_freed_memory, resolve_precision
+from inkfuse.train.ema import EMA, PowerEMA
 from inkfuse.viz import plot_loss
 
 # ----------------------------------------------------------------------------- the parts
@@ -122,15 +130,23 @@ def make_optimizer(params: Iterable[Any], tc: TrainConfig, fused: bool = True
 
 
 def apply_update(net: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None,
-                 tc: TrainConfig, step: int) -> None:
+                 tc: TrainConfig, step: int, powers: Iterable[PowerEMA] = ()) -> None:
     """What follows the backward pass of a step: clip the gradient norm, step AdamW, drop the
-    gradients, move the EMA. One function, so that the benchmarks time exactly this."""
+    gradients, move the EMA (and the post-hoc EMAs). One function, so that the benchmarks time
+    exactly this."""
     if tc.grad_clip > 0:
         nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
     if ema is not None:
         ema.update(net, step)
+    for power in powers:
+        power.update(net, step)
+
+
+def power_file(power: PowerEMA) -> str:
+    """The checkpoint file (without .safetensors) of a post-hoc EMA's running average."""
+    return f"power-ema-{power.sigma_rel:g}"
 
 
 def agree(d: Dist, device: torch.device, *flags: bool) -> list[bool]:
@@ -156,15 +172,26 @@ def check_same_model(ours: dict[str, Any], theirs: dict[str, Any], sections: Ite
 
 
 def resume(ckpt: Path, state: dict[str, Any], net: nn.Module, ema: EMA | None,
-           opt: torch.optim.Optimizer) -> int:
-    """Load a checkpoint's weights, EMA and AdamW moments; returns its step."""
+           opt: torch.optim.Optimizer, powers: Iterable[PowerEMA] = ()) -> int:
+    """Load a checkpoint's weights, EMA, post-hoc EMAs and AdamW moments; returns its step."""
     fix = "train into a new --out dir"
+    for power in powers:  # before any tensor is loaded: one line naming the setting
+        if not (ckpt / f"{power_file(power)}.safetensors").is_file():
+            raise CheckpointError(
+                f"{ckpt} holds no post-hoc EMA of sigma_rel {power.sigma_rel:g}: the run was "
+                "started without train.ema_snapshots_every or with other "
+                "train.ema_sigma_rels; resume with the settings it started with, or train "
+                "into a new --out dir")
     try:  # names, shapes and dtypes checked first: a retyped tensor is refused, not cast
         net.load_state_dict(checkpoint.load_checked(ckpt / "model.safetensors", net.state_dict(),
                                                     "this model", fix))
         if ema is not None:
             ema.load_state_dict(checkpoint.load_checked(ckpt / "ema.safetensors",
                                                         ema.state_dict(), "this model", fix))
+        for power in powers:
+            power.load_state_dict(checkpoint.load_checked(
+                ckpt / f"{power_file(power)}.safetensors", power.state_dict(), "this model",
+                fix))
         opt.load_state_dict(checkpoint.load_optimizer(ckpt, state, opt, fix))
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{ckpt} does not fit this model ({str(e).splitlines()[0]}); "
@@ -173,12 +200,23 @@ def resume(ckpt: Path, state: dict[str, Any], net: nn.Module, ema: EMA | None,
 
 
 def save_checkpoint(run_dir: Path, config: Recipe, net: nn.Module, weights: dict[str, Tensor],
-                    opt: torch.optim.Optimizer, step: int) -> None:
+                    opt: torch.optim.Optimizer, step: int, train_seconds: float = 0.0,
+                    powers: Iterable[PowerEMA] = ()) -> None:
     """`weights` are what the run hands on: the EMA, or without one the weights themselves
-    (what an EMA of decay 0 would hold), so every checkpoint has both files filled."""
+    (what an EMA of decay 0 would hold), so every checkpoint has both files filled.
+    `train_seconds` (the run's training time so far) lets a resumed run's log continue it."""
     tensors, rest = checkpoint.optimizer_tensors(opt.state_dict())
     checkpoint.save(run_dir, net.state_dict(), weights, tensors,
-                    {"step": step, "optimizer": rest, "config": config.to_dict()})
+                    {"step": step, "optimizer": rest, "config": config.to_dict(),
+                     "train_seconds": train_seconds},
+                    extra={power_file(p): p.state_dict() for p in powers})
+
+
+def save_snapshots(run_dir: Path, powers: Iterable[PowerEMA], step: int) -> None:
+    """Every post-hoc EMA as it is after `step` updates, into RUN/ema_snapshots/."""
+    for p in powers:
+        snapshots.save_snapshot(run_dir, snapshots.Snapshot(step, p.sigma_rel, p.gamma),
+                                p.state_dict())
 
 
 # ----------------------------------------------------------------------------- model kinds
@@ -233,6 +271,18 @@ class Kind:
     def on_checkpoint(self, step: int, weights: dict[str, Tensor]) -> None:
         """Rank 0, after each checkpoint: `weights` are the checkpoint's EMA weights."""
 
+    def eval_metrics(self) -> list[str]:
+        """The metrics `score` reports (`train.eval_every`), checked to be computable before the
+        first step; a kind without samples to score refuses."""
+        raise TrainingError(f"train.eval_every scores samples of diffusion runs, not of a "
+                            f"{self.label} run; set train.eval_every = 0")
+
+    def score(self, step: int, weights: dict[str, Tensor], metrics: list[str]
+              ) -> dict[str, float | None]:
+        """Rank 0, every `train.eval_every` steps: {metric: value} of `weights` (the EMA in
+        memory), None where a value could not be computed."""
+        raise NotImplementedError
+
     def finish(self, step: int, weights: dict[str, Tensor]) -> None:
         """Rank 0, when training ends or runs out of time: save and score the final model."""
 
@@ -278,25 +328,37 @@ def _train(kind: Kind, run_dir: Path, device: torch.device, d: Dist, progress: b
     state = checkpoint.read_json(ckpt / "state.json") if ckpt else None
     if ckpt:  # a run dir without a checkpoint is not trained yet: any recipe may start it
         check_same_model(config.to_dict(), kind.saved_config(state), kind.sections, run_dir)
+    metrics = kind.eval_metrics() if tc.eval_every else []  # refused before the first step
+    if d.main and snapshots.saved_reconstruction(run_dir):
+        # `inkfuse ema --save` made a reconstruction the checkpoint's EMA; training on moves
+        # the end it was reconstructed for, so the running EMA continues from the recipe's own
+        snapshots.restore_ema(run_dir)
+    if d.world > 1:
+        dist.barrier()
 
     # the model (the same initial weights on every rank), its EMA and AdamW; resume
     torch.manual_seed(seed_for(tc.seed, 0))
     net = kind.make_model()
     ema = EMA(net, tc.ema_decay) if tc.ema_decay > 0 else None
+    powers = [PowerEMA(net, s) for s in tc.ema_sigma_rels] if tc.ema_snapshots_every else []
     opt = make_optimizer(kind.param_groups(net), tc)
-    start = resume(ckpt, state, net, ema, opt) if ckpt else 0
+    start = resume(ckpt, state, net, ema, opt, powers) if ckpt else 0
+    trained = float(state.get("train_seconds", 0.0)) if ckpt else 0.0  # before this process
     model = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
     forward = torch.compile(model) if tc.compile else model
     if d.main:
         kind.begin()
         truncate_log(run_dir / LOG, start)
+        snapshots.prune(run_dir, start)
 
     gen = torch.Generator(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    bf16 = resolve_precision(tc.precision, device.type) == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     budget = f" (stops after {tc.max_minutes:g} min)" if tc.max_minutes else ""
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and d.main), unit="step",
                desc=f"{kind.label}{budget}", dynamic_ncols=True)
     t0, images_seen = time.monotonic(), 0
+    scoring = 0.0  # seconds spent in `kind.score`: not training time
     step = start
     net.train()
     while step < tc.steps:
@@ -317,7 +379,7 @@ def _train(kind: Kind, run_dir: Path, device: torch.device, d: Dist, progress: b
             for key, value in logged.items():
                 parts[key] = parts.get(key, 0.0) + value / tc.grad_accum
 
-        elapsed = time.monotonic() - t0
+        elapsed = time.monotonic() - t0 - scoring
         diverged, out_of_time = agree(d, device, not math.isfinite(total),
                                       tc.max_minutes > 0 and elapsed > 60 * tc.max_minutes)
         if diverged:
@@ -327,20 +389,37 @@ def _train(kind: Kind, run_dir: Path, device: torch.device, d: Dist, progress: b
             what = total if not math.isfinite(total) else "non-finite on another rank"
             raise TrainingError(f"loss became {what} at step {step}; {where}. "
                                 "Lower train.lr or set train.grad_clip (e.g. 1.0)")
-        apply_update(net, opt, ema, tc, step)
+        apply_update(net, opt, ema, tc, step, powers)
         step += 1
         images_seen += tc.batch_size * tc.grad_accum * d.world
         bar.update(1)
+        last = step == tc.steps or out_of_time
 
-        if d.main and (step % tc.log_every == 0 or step == tc.steps or out_of_time):
+        # snapshots and scores before the checkpoint of the same step: a kill between them
+        # resumes from the previous checkpoint, which drops them and writes them again
+        if d.main and powers and (step % tc.ema_snapshots_every == 0 or last):
+            save_snapshots(run_dir, powers, step)
+        if metrics and (step % tc.eval_every == 0 or last):
+            began = time.monotonic()
+            if d.main:
+                scores = kind.score(step, (ema or net).state_dict(), metrics)
+                append_log(run_dir / LOG, {"step": step, "eval": scores, "eval_n": tc.eval_n,
+                                           "eval_seconds": time.monotonic() - began,
+                                           "seconds": elapsed, "train_seconds": trained + elapsed})
+            if d.world > 1:
+                dist.barrier()
+            scoring += time.monotonic() - began
+        if d.main and (step % tc.log_every == 0 or last):
             rate = images_seen / max(elapsed, 1e-9)
             bar.set_postfix(loss=f"{total:.4f}", img_s=f"{rate:.0f}")
             append_log(run_dir / LOG, {"step": step, "loss": total, **parts, "lr": lr,
-                                       "images_per_s": rate, "seconds": elapsed})
-        if step % tc.checkpoint_every == 0 or step == tc.steps or out_of_time:
+                                       "images_per_s": rate, "seconds": elapsed,
+                                       "train_seconds": trained + elapsed})
+        if step % tc.checkpoint_every == 0 or last:
             if d.main:
                 weights = (ema or net).state_dict()
-                save_checkpoint(run_dir, config, net, weights, opt, step)
+                save_checkpoint(run_dir, config, net, weights, opt, step, trained + elapsed,
+                                powers)
                 kind.on_checkpoint(step, weights)
                 with contextlib.suppress(InkfuseError):  # no matplotlib: the log is still there
                     plot_loss(run_dir / LOG, run_dir / "loss.png")
