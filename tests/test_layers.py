@@ -20,7 +20,7 @@ RANKS = {
     "inkfuse.data": 2.0, "inkfuse.nn": 2.1, "inkfuse.viz": 2.2,
     "inkfuse.diffusion": 3.0, "inkfuse.text": 3.1,
     "inkfuse.artifacts": 4,
-    "inkfuse.pipelines": 5.0, "inkfuse.editing": 5.1,
+    "inkfuse.pipelines": 5.0, "inkfuse.editing": 5.1, "inkfuse.attention": 5.2,
     "inkfuse.metrics": 6,
     "inkfuse.train": 7,
     "inkfuse.play": 7.5,  # the browser playground: an app on the pipelines, served by the CLI

@@ -295,6 +295,29 @@ def plot_heatmap(
     _save_figure(fig, path)
 
 
+def save_attention_maps(image: torch.Tensor, maps: torch.Tensor, tokens: Sequence[str],
+                        path: PathLike, scale: int | None = None) -> None:
+    """The sample, then one tile per token: its attention map [L, H, W] (each pixel's shares
+    over the tokens) in "hot" colours over the greyed sample, each map scaled to its own
+    maximum; the label gives the token and its mean share of the attention, so a token that
+    owns a small region still shows where it is and how much it holds."""
+    if maps.ndim != 3 or len(maps) != len(tokens) or maps.shape[1:] != image.shape[1:]:
+        raise ValueError(f"maps {tuple(maps.shape)} do not match {len(tokens)} tokens on an "
+                         f"image {tuple(image.shape)}")
+    base = to_uint8(image)[0].astype(np.float64)  # [H, W, C]
+    grey = base.mean(-1, keepdims=True) if base.shape[-1] == 3 else base
+    m = maps.detach().float().cpu().numpy()
+    v = m / np.maximum(m.reshape(len(m), -1).max(1), 1e-12)[:, None, None]  # [L, H, W]
+    hot = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)],
+                   -1) * 255  # black -> red -> yellow -> white
+    tiles = np.concatenate([np.repeat(base, 3 // base.shape[-1], -1)[None],
+                            0.3 * grey[None] + 0.7 * hot]).round().astype(np.uint8)
+    # at least 96 px a tile, so that "circle 12%" fits above it
+    img, _, xs = _render(tiles, len(tiles), scale or -(-96 // tiles.shape[1]))
+    labels = ["sample", *(f"{t} {m[i].mean():.0%}" for i, t in enumerate(tokens))]
+    _save_image(_annotate(img, top=list(zip(xs, labels, strict=True))), path)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

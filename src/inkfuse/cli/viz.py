@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inkfuse.cli.args import SEED_MAX, number, out_path
+from inkfuse.cli.args import GUIDANCE_MAX, SEED_MAX, STEPS_MAX, existing_run, number, out_path
+from inkfuse.errors import ConfigError
 
 if TYPE_CHECKING:
     from inkfuse.config import Config
@@ -18,11 +19,20 @@ if TYPE_CHECKING:
 
 def add_parser(subparsers: Any) -> None:
     """Register `viz` on the main parser's subparsers."""
-    vz = subparsers.add_parser("viz", help="pictures of the forward process and the noise "
-                               "schedule")
-    vz.add_argument("what", choices=["forward", "schedule"])
-    vz.add_argument("source", help="recipe (file or name) or run dir")
-    vz.add_argument("--out", required=True, help=".png (schedule), .png or .gif (forward)")
+    vz = subparsers.add_parser("viz", help="pictures of the forward process, the noise "
+                               "schedule and where a prompt's words attend")
+    vz.add_argument("what", choices=["forward", "schedule", "attention"])
+    vz.add_argument("source", help="recipe (file or name) or run dir (attention: a text run)")
+    vz.add_argument("--out", required=True, help=".png (schedule, attention), .png or .gif "
+                    "(forward)")
+    vz.add_argument("--prompt", default=None, help="attention: the prompt to sample and draw")
+    vz.add_argument("--steps", action=number(int, lo=1, most=STEPS_MAX), default=25,
+                    help="attention: sampler steps (default 25)")
+    vz.add_argument("--guidance", action=number(float, lo=0, lo_open=True, most=GUIDANCE_MAX),
+                    default=None, help="attention: CFG weight (default: the recipe's)")
+    vz.add_argument("--at", action=number(float, lo=0, hi=1, many=True), default=None,
+                    help="attention: the steps averaged, as fractions of the walk from noise "
+                         "(0) to image (1), e.g. 0.25,0.5 (default: every step)")
     vz.add_argument("--n", action=number(int, lo=1, most=256), default=4, help="images (forward)")
     vz.add_argument("--columns", action=number(int, lo=1, most=100), default=8,
                     help="noise levels shown (forward)")
@@ -47,7 +57,10 @@ def cmd_viz(args: argparse.Namespace) -> None:
     from inkfuse import viz
     from inkfuse.diffusion import Schedule
 
-    out = out_path(args.out, *((".png",) if args.what == "schedule" else (".png", ".gif")))
+    out = out_path(args.out, *((".png", ".gif") if args.what == "forward" else (".png",)))
+    if args.what == "attention":
+        _attention(args, out)
+        return
     config = _config_of(args.source)
     dc = config.diffusion
     if args.what == "schedule":
@@ -70,4 +83,20 @@ def cmd_viz(args: argparse.Namespace) -> None:
         noise = torch.randn(x0.shape, generator=gen)
         noisy = [s.q_sample(x0, t.expand(len(x0)), noise) for t in ts]
         viz.save_forward_strip(x0, noisy, [f"t={t}" for t in ts.tolist()], out)
+    print(f"wrote {out}")
+
+
+def _attention(args: argparse.Namespace, out: Path) -> None:
+    """`inkfuse viz attention RUN --prompt ...`: the cross-attention maps of one sample."""
+    from inkfuse import viz
+    from inkfuse.artifacts.run import load_run
+    from inkfuse.attention import cross_attention_maps
+
+    if not args.prompt:
+        raise ConfigError("viz attention needs --prompt, e.g. --prompt 'a red circle above a "
+                          "blue square'")
+    run = load_run(existing_run(args.source))
+    maps = cross_attention_maps(run, args.prompt, steps=args.steps, guidance=args.guidance,
+                                seed=args.seed, at=args.at)
+    viz.save_attention_maps(maps.image, maps.maps, maps.tokens, out)
     print(f"wrote {out}")

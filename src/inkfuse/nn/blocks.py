@@ -156,13 +156,25 @@ class CrossAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
+    def _qkv(self, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q = rearrange(self.q(self.norm(x)), "b (n d) h w -> b n (h w) d", n=self.heads)
         k, v = rearrange(self.kv(tokens), "b l (two n d) -> two b n l d", two=2,
                          n=self.heads)
+        return q, k, v  # [B, heads, HW, d], [B, heads, L, d] twice
+
+    def forward(self, x: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        q, k, v = self._qkv(x, tokens)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
         return x + self.proj(rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w))
+
+    def attention_weights(self, x: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        """What `forward` attends with, spelled out: softmax(q kᵀ / sqrt(d)) over the real
+        tokens, [B, heads, H·W, L] (each pixel's row sums to 1; padding gets 0). For pictures
+        of where the words go; `forward` never forms this matrix."""
+        q, k, _ = self._qkv(x, tokens)
+        logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+        return logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(-1)
 
 
 class RearrangePool(nn.Module):
