@@ -1,7 +1,9 @@
 """viz and io: pixel-exact grids, uint8 conversion, GIF frames, valid plot files, atomic writes."""
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +186,16 @@ def test_atomic_path_failure_keeps_destination_and_cleans_up(tmp_path):
 def test_atomic_path_creates_parent_dirs(tmp_path):
     viz.save_grid(images(1, 1), tmp_path / "run" / "samples" / "step_1.png", nrow=1)
     assert (tmp_path / "run" / "samples" / "step_1.png").exists()
+
+
+def test_the_upsampling_lesson_and_its_comparison_of_two_runs(tmp_path):
+    viz.plot_upsampling(tmp_path / "up.png")
+    assert Image.open(tmp_path / "up.png").size[0] > 800
+    runs = Path(__file__).resolve().parent / "fixtures" / "old-runs"
+    cmd = [sys.executable, "-m", "inkfuse.cli", "viz", "upsample", "--out",
+           str(tmp_path / "cmp.png"), "--compare"]
+    proc = subprocess.run([*cmd, str(runs / "class")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "two run dirs" in proc.stderr, proc.stderr
+    proc = subprocess.run([*cmd, f"{runs / 'class'},{runs / 'class'}"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and Image.open(tmp_path / "cmp.png").size[0] > 0

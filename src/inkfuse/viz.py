@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from inkfuse.errors import DataError, InkfuseError
@@ -209,6 +210,54 @@ def _scores(records: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list[float]
                 xs.append(s)
                 ys.append(float(value))
     return out
+
+
+def plot_upsampling(path: PathLike, size: int = 6, seed: int = 0) -> None:
+    """The course's upsampling lesson: a constant `size`² image doubled three ways, with the
+    output-size arithmetic of each, H_out = (H_in − 1)·s − 2p + (k − 1) + op + 1 (PyTorch's
+    ConvTranspose2d, dilation 1).
+
+    Top row, all-ones weights: each output pixel counts the kernel taps that land on it. A
+    stride-2 transposed conv with k = 3 overlaps unevenly (1, 2 or 4 taps: the checkerboard);
+    k = 4 overlaps evenly inside (4 everywhere) but not at the border; nearest-neighbour
+    doubling then a 3×3 conv gives every inner pixel the same 9. Bottom row, one random kernel
+    (`seed`): a transposed conv gives each of the 2×2 output phases its own subset of the taps,
+    so even k = 4 paints a period-2 pattern on a flat image, which nearest + conv cannot do.
+    """
+    x = torch.ones(1, 1, size, size)
+    gen = torch.Generator().manual_seed(seed)
+    cases = [("transposed", 3, 1, 1), ("transposed", 4, 1, 0), ("nearest + conv", 3, 1, 0)]
+    fig = _figure(figsize=(12, 7.6))
+    axes = fig.subplots(2, 3)
+    for col, (kind, k, p, op) in enumerate(cases):
+        for row, weights in enumerate(("ones", "random")):
+            w = (torch.ones(1, 1, k, k) if weights == "ones"
+                 else torch.randn(1, 1, k, k, generator=gen))
+            if kind == "transposed":
+                y = F.conv_transpose2d(x, w, stride=2, padding=p, output_padding=op)
+                out = (size - 1) * 2 - 2 * p + (k - 1) + op + 1
+                assert y.shape[-1] == out, "the size rule above is PyTorch's"
+                rule = f"out = ({size}−1)·2 − 2·{p} + ({k}−1) + {op} + 1 = {out}"
+                title = f"transposed conv k={k} s=2 p={p} op={op}"
+            else:
+                y = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, padding=p)
+                rule = f"out = {size}·2 = {2 * size} (nearest), then 3×3 conv, p=1"
+                title = "nearest ×2 + 3×3 conv"
+            img = y[0, 0].numpy()
+            ax = axes[row, col]
+            im = ax.imshow(img, cmap="magma")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            if img.shape[0] <= 14 and weights == "ones":
+                for (i, j), v in np.ndenumerate(img):
+                    ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=7,
+                            color="black" if im.norm(v) > 0.5 else "white")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            short = title.replace(" s=2 p=1 op=1", "").replace(" s=2 p=1 op=0", "")
+            ax.set_title(f"{title}\n{rule}" if row == 0 else f"{short}, a random kernel",
+                         fontsize=9)
+    fig.suptitle(f"A constant {size}×{size} image, doubled: uneven overlap is the checkerboard")
+    _save_figure(fig, path)
 
 
 def plot_schedule(curves: Mapping[str, Mapping[str, np.ndarray]], path: PathLike) -> None:

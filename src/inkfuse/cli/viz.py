@@ -21,8 +21,10 @@ def add_parser(subparsers: Any) -> None:
     """Register `viz` on the main parser's subparsers."""
     vz = subparsers.add_parser("viz", help="pictures of the forward process, the noise "
                                "schedule and where a prompt's words attend")
-    vz.add_argument("what", choices=["forward", "schedule", "attention"])
-    vz.add_argument("source", help="recipe (file or name) or run dir (attention: a text run)")
+    vz.add_argument("what", choices=["forward", "schedule", "attention", "upsample"])
+    vz.add_argument("source", nargs="?", default=None,
+                    help="recipe (file or name) or run dir (attention: a text run; upsample: "
+                         "none, or two runs to compare, see --compare)")
     vz.add_argument("--out", required=True, help=".png (schedule, attention), .png or .gif "
                     "(forward)")
     vz.add_argument("--prompt", default=None, help="attention: the prompt to sample and draw")
@@ -37,6 +39,9 @@ def add_parser(subparsers: Any) -> None:
     vz.add_argument("--columns", action=number(int, lo=1, most=100), default=8,
                     help="noise levels shown (forward)")
     vz.add_argument("--seed", action=number(int, lo=0, most=SEED_MAX), default=0)
+    vz.add_argument("--compare", default=None, metavar="RUN_A,RUN_B",
+                    help="upsample: two runs of one recipe that differ in model.up "
+                         "(transposed, nearest-conv), sampled from the same seed side by side")
     vz.set_defaults(fn=cmd_viz)
 
 
@@ -61,6 +66,12 @@ def cmd_viz(args: argparse.Namespace) -> None:
     if args.what == "attention":
         _attention(args, out)
         return
+    if args.what == "upsample":
+        _upsample(args, out)
+        return
+    if args.source is None:
+        raise ConfigError(f"viz {args.what} needs a recipe or run dir, e.g. "
+                          f"`inkfuse viz {args.what} shapes --out x.png`")
     config = _config_of(args.source)
     dc = config.diffusion
     if args.what == "schedule":
@@ -92,6 +103,9 @@ def _attention(args: argparse.Namespace, out: Path) -> None:
     from inkfuse.artifacts.run import load_run
     from inkfuse.attention import cross_attention_maps
 
+    if args.source is None:
+        raise ConfigError("viz attention needs a text run: inkfuse viz attention RUN --prompt "
+                          "'a red circle' --out a.png")
     if not args.prompt:
         raise ConfigError("viz attention needs --prompt, e.g. --prompt 'a red circle above a "
                           "blue square'")
@@ -99,4 +113,29 @@ def _attention(args: argparse.Namespace, out: Path) -> None:
     maps = cross_attention_maps(run, args.prompt, steps=args.steps, guidance=args.guidance,
                                 seed=args.seed, at=args.at)
     viz.save_attention_maps(maps.image, maps.maps, maps.tokens, out)
+    print(f"wrote {out}")
+
+
+def _upsample(args: argparse.Namespace, out: Path) -> None:
+    """`inkfuse viz upsample`: the checkerboard lesson; with --compare, two trained runs that
+    differ in model.up, from the same seed (one row each)."""
+    import torch
+
+    from inkfuse import pipelines, viz
+
+    if args.compare is None:
+        viz.plot_upsampling(out, seed=args.seed)
+        print(f"wrote {out}")
+        return
+    dirs = [d.strip() for d in args.compare.split(",")]
+    if len(dirs) != 2:
+        raise ConfigError("--compare takes two run dirs separated by a comma: RUN_A,RUN_B")
+    runs = [pipelines.load_run(existing_run(d)) for d in dirs]
+    if runs[0].image_shape != runs[1].image_shape:
+        raise ConfigError(f"{dirs[0]} and {dirs[1]} draw images of different sizes; compare "
+                          "two runs of one recipe that differ only in model.up")
+    rows = [pipelines.sample_grid(run, per_class=1, seed=args.seed, progress=False)[0][:8]
+            for run in runs]
+    labels = [f"up = {run.config.model.up}" for run in runs]
+    viz.save_grid(torch.cat(rows), out, nrow=len(rows[0]), labels=labels)
     print(f"wrote {out}")
