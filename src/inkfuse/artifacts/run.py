@@ -94,7 +94,9 @@ class Run:
                               "latents, which have no [-1, 1] range: drop --threshold")
         # pixels live in [-1, 1], so x0 is clamped there; latents have no such bound
         clip = None if self.latent is not None else 1.0
-        base = Denoiser(self.net, self.schedule, self.config.diffusion.target, clip, self.null)
+        dc = self.config.diffusion
+        base = Denoiser(self.net, self.schedule, dc.target, clip, self.null,
+                        learn_variance=dc.learn_variance)
         guided = cfg(base, guidance, rescale, weights) if self.conditional else base
         return threshold(guided, self.schedule, mode,
                          s.threshold_percentile if percentile is None else percentile)

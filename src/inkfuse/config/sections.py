@@ -52,6 +52,8 @@ class ModelConfig:
         doc="plain-unet has no time input (the course's first experiment)",
     )
     in_channels: int = bounded(0, 0, 64, doc="0 = from the data")
+    out_channels: int = bounded(0, 0, 128, doc="0 = in_channels (set to twice that by "
+                                               "diffusion.learn_variance)")
     size: int = bounded(0, 0, 4096, doc="side of what the U-Net denoises: 0 = data.size "
                                         "(pixels); the latent side with data.vae")
     cond_dim: int = bounded(0, 0, 100_000, doc="classes or context width; 0 = from the data")
@@ -90,6 +92,10 @@ class DiffusionConfig:
     cond_drop_prob: float = bounded(0.1, 0.0, 1.0, doc="Bernoulli mask on the condition")
     low_res_noise: float = bounded(0.2, 0.0, 1.0, doc="noise-conditioning augmentation: the "
                                    "low-res input is noised up to this fraction of T")
+    learn_variance: bool = field(default=False, metadata={
+        "doc": "the U-Net also predicts the reverse step's variance, between β̃ and β, trained "
+               "with L_hybrid = L_simple + vlb_weight · L_vlb (Nichol & Dhariwal 2021)"})
+    vlb_weight: float = bounded(0.001, 0.0, 1.0, doc="λ of L_hybrid (learn_variance)")
     zero_terminal_snr: bool = field(default=False, metadata={
         "doc": "rescale the schedule so that ᾱ at the last step is exactly 0, pure noise as "
                "sampling assumes (Lin et al. 2024, Algorithm 1); needs target v or x0"})

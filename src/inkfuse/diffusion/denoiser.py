@@ -9,6 +9,7 @@ sampler, and the two cannot disagree about the target or the null condition (as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from inkfuse.diffusion.conditioning import Condition
+from inkfuse.diffusion.gaussian import discretized_gaussian_nll, gaussian_nll, normal_kl
 from inkfuse.diffusion.objectives import loss_weight
 from inkfuse.diffusion.schedule import Schedule, _expand
 
@@ -26,6 +28,22 @@ TARGETS = ("eps", "x0", "v")
 class Prediction:
     x0: Tensor
     eps: Tensor
+    # learned variance (Nichol & Dhariwal 2021): per element, where the reverse step's log
+    # variance lies between log β̃ (0) and log β (1) of whatever step a sampler takes
+    var_frac: Tensor | None = None
+
+
+def step_variance(ab_t: Tensor, ab_prev: Tensor, var_frac: Tensor | None) -> Tensor:
+    """The variance of the reverse step from ᾱ_t to ᾱ_prev: the posterior's β̃ = β (1 − ᾱ_prev)
+    / (1 − ᾱ_t) (DDPM eq. 7) with β = 1 − ᾱ_t / ᾱ_prev, or with a learned `var_frac` v
+    exp(v log β + (1 − v) log β̃) (Nichol & Dhariwal eq. 15). Where β̃ is 0 (the step to
+    ᾱ_prev = 1, the decoder's) the posterior is a point and both ends are β."""
+    beta = 1 - ab_t / ab_prev
+    tilde = beta * (1 - ab_prev) / (1 - ab_t)
+    if var_frac is None:
+        return tilde
+    low = torch.where(tilde > 0, tilde, beta)
+    return torch.exp(var_frac * beta.log() + (1 - var_frac) * low.log())
 
 
 def coefficients(schedule: Schedule, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -64,14 +82,23 @@ class Denoiser:
     `clip` clamps the predicted x_0 to [-clip, clip] (pixel data lives in [-1, 1]) and
     recomputes ε from the clamped x_0, which stabilises few-step sampling of pixel models; set it
     to None for latent models whose values are unbounded. Training never clips.
+
+    `learn_variance`: the network's output has twice the channels, the second half v ∈ [-1, 1]
+    placing the reverse variance between β̃ and β (`Prediction.var_frac` = (v + 1) / 2), and the
+    loss adds `vlb_weight` · T · L_t of the variational bound in bits per dimension, with the
+    mean held fixed so that only the variance learns from it (L_hybrid, Nichol & Dhariwal 2021
+    §3.1); L_0 is the discretised 8-bit decoder where `discrete`, else a Gaussian (latents).
     """
 
     def __init__(self, net: Callable[..., Tensor], schedule: Schedule, target: str = "eps",
-                 clip: float | None = 1.0, null: Condition | None = None):
+                 clip: float | None = 1.0, null: Condition | None = None, *,
+                 learn_variance: bool = False, vlb_weight: float = 1e-3, discrete: bool = True):
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
         self.net, self.schedule, self.target, self.clip = net, schedule, target, clip
         self.null = null
+        self.learn_variance, self.vlb_weight, self.discrete = (learn_variance, vlb_weight,
+                                                               discrete)
 
     def inputs(self, cond: Condition | None, batch: int) -> dict[str, Tensor]:
         """The network's keyword tensors for `cond` on a batch of `batch` samples."""
@@ -84,11 +111,16 @@ class Denoiser:
     def __call__(self, x: Tensor, t: Tensor, cond: Condition | None = None) -> Prediction:
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         out = self.net(x, t, **self.inputs(cond, x.shape[0])).to(x.dtype)
+        frac = None
+        if self.learn_variance:
+            out, v = out.chunk(2, dim=1)
+            frac = (v + 1) / 2
         a, s = coefficients(self.schedule, t, x)
         pred = to_prediction(self.target, out, x, a, s)
         if self.clip is not None:
             x0 = pred.x0.clamp(-self.clip, self.clip)
             pred = Prediction(x0, (x - a * x0) / s)
+        pred.var_frac = frac
         return pred
 
     def loss(self, x0: Tensor, cond: Condition | None, *, weighting: str = "none",
@@ -102,7 +134,32 @@ class Denoiser:
         a, s = coefficients(self.schedule, t, x0)
         x_t = self.schedule.q_sample(x0, t, eps)  # [B, C, H, W] = a x0 + s ε
         out = self.net(x_t, t, **self.inputs(cond, b))
+        if self.learn_variance:
+            out, v = out.float().chunk(2, dim=1)
         # the target and the MSE in float32, whatever precision autocast ran the network in
         mse = (out.float() - training_target(self.target, x0, eps, a, s)).pow(2).flatten(1).mean(1)
         weight = loss_weight(self.schedule.snr(t).to(mse), self.target, weighting, gamma)
-        return (weight * mse).mean()
+        loss = (weight * mse).mean()
+        if self.learn_variance:
+            frozen = to_prediction(self.target, out.detach(), x_t.float(), a, s)  # mean fixed
+            vlb = self.vlb_term(x0.float(), x_t.float(), t, frozen.x0, (v + 1) / 2)
+            loss = loss + self.vlb_weight * self.schedule.T * vlb.mean()
+        return loss
+
+    def vlb_term(self, x0: Tensor, x_t: Tensor, t: Tensor, x0_hat: Tensor,
+                 var_frac: Tensor) -> Tensor:
+        """L_t of the variational bound for each sample [B], in bits per dimension: the KL of
+        the posterior q(x_{t−1} | x_t, x_0) from the model's step N(μ(x_t, x̂_0), σ²) for t > 0,
+        the decoder's −log p(x_0 | x_t) at t = 0 (DDPM eq. 5 and 13)."""
+        ab_t = _expand(self.schedule.alpha_bar(t), x_t)
+        ab_prev = _expand(torch.where(t > 0, self.schedule.alpha_bar((t - 1).clamp(min=0)),
+                                      torch.ones_like(t, dtype=ab_t.dtype)), x_t)
+        beta = 1 - ab_t / ab_prev
+        c0 = ab_prev.sqrt() * beta / (1 - ab_t)  # the posterior mean's weight on x_0
+        var = step_variance(ab_t, ab_prev, var_frac)
+        tilde = step_variance(ab_t, ab_prev, None)
+        kl = normal_kl(c0 * x0, torch.where(tilde > 0, tilde, var), c0 * x0_hat, var)
+        decoder = (discretized_gaussian_nll(x0, x0_hat, var.sqrt()) if self.discrete
+                   else gaussian_nll(x0, x0_hat, var))
+        first = (t == 0).reshape(-1, *[1] * (x0.ndim - 1))
+        return torch.where(first, decoder, kl).flatten(1).mean(1) / math.log(2)

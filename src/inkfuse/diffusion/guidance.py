@@ -59,7 +59,9 @@ class Guided:
             guided = x0_u + self.w * sum(c_w * (c - x0_u)
                                          for c_w, c in zip(self.weights, x0_cs, strict=True))
             x0 = torch.where(a > 0, x0, guided)
-        return Prediction(x0, eps)
+        # a learned variance is the (first) conditional branch's, as in guided diffusion
+        frac = None if out.var_frac is None else out.var_frac.chunk(k + 1)[0]
+        return Prediction(x0, eps, frac)
 
 
 def cfg(denoiser: Denoiser, w: float, rescale: float = 0.0,

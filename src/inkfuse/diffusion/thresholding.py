@@ -51,7 +51,7 @@ class Thresholded:
         x0 = (pred.x0.clamp(-1, 1) if self.mode == "static"
               else dynamic_threshold(pred.x0, self.percentile))
         a, s = coefficients(self.schedule, t, x)
-        return Prediction(x0, (x - a * x0) / s)
+        return Prediction(x0, (x - a * x0) / s, pred.var_frac)
 
 
 def threshold(denoiser: Callable[..., Prediction], schedule: Schedule, mode: str = "none",

@@ -57,13 +57,19 @@ from inkfuse.artifacts.run import Run
 from inkfuse.config import DataConfig
 from inkfuse.data import ImageDataset, build_dataset
 from inkfuse.diffusion import Condition, Denoiser, Prediction, Schedule
+from inkfuse.diffusion.denoiser import step_variance
+from inkfuse.diffusion.gaussian import (
+    HALF_BIN,
+    discretized_gaussian_nll,
+    gaussian_nll,
+    normal_kl,
+)
 from inkfuse.errors import ConfigError, DataError
 from inkfuse.metrics.fid import SHAPES_REFERENCE_SEED
 
 ESTIMATORS = ("vlb", "ode")
 VARIANCES = ("posterior", "beta")
 SOLVERS = ("rk4", "heun")
-HALF_BIN = 1 / 255  # half the width of one 8-bit level when 0..255 maps to [-1, 1]
 # −log₂ of the bin volume per dimension, which turns a dequantised density into bits of the
 # 8-bit data: log₂(255 / 2)
 DEQUANT_BITS = math.log2(1 / (2 * HALF_BIN))
@@ -80,34 +86,6 @@ class DenoiserFn(Protocol):
 
 
 # --- the terms, each a closed form ----------------------------------------------------------
-
-def normal_kl(mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor) -> Tensor:
-    """KL(N(mean1, var1) ‖ N(mean2, var2)) per element, in nats."""
-    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
-
-
-def gaussian_nll(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """−log N(x; mean, var) per element, in nats (the decoder of continuous latents)."""
-    return 0.5 * (torch.log(2 * math.pi * var) + (x - mean) ** 2 / var)
-
-
-def discretized_gaussian_nll(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """−log P(x) per element for x on the 256 levels of [-1, 1] under N(mean, std²) integrated
-    over x's bin [x − 1/255, x + 1/255], the bins at −1 and 1 extended to ∓∞ (Ho et al.,
-    eq. 13), in nats.
-
-    Computed as a difference of normal CDFs in log space on the side of the bin away from the
-    mean, where neither CDF is close to 1, so a bin far in a tail keeps its precision (Ho et
-    al.'s code approximates the CDF and floors the probability at 1e-12 instead)."""
-    lo = torch.where(x <= -1 + HALF_BIN / 2, -math.inf, (x - HALF_BIN - mean) / std)
-    hi = torch.where(x >= 1 - HALF_BIN / 2, math.inf, (x + HALF_BIN - mean) / std)
-    # Φ(hi) − Φ(lo) = Φ(−lo) − Φ(−hi): use the form whose upper end is at or below the middle
-    flip = lo + hi > 0
-    a, b = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
-    log_b = torch.special.log_ndtr(b)
-    log_p = log_b + torch.log(-torch.expm1(torch.special.log_ndtr(a) - log_b))
-    return -log_p
-
 
 def prior_kl(x0: Tensor, schedule: Schedule) -> Tensor:
     """L_prior = KL(q(x_{T−1} | x_0) ‖ N(0, I)) of each image [B], in nats: with ᾱ = ᾱ_{T−1},
@@ -159,9 +137,13 @@ def vlb_terms(denoiser: DenoiserFn, x0: Tensor, k: Tensor, cond: Condition | Non
     prev = torch.cat([ab.new_ones(1), ab[:-1]])
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_k = schedule.q_sample(x0, k, eps)
-    x0_hat = denoiser(x_k, k, cond).x0.to(torch.float64)
+    pred = denoiser(x_k, k, cond)
+    x0_hat = pred.x0.to(torch.float64)
     x = x0.to(torch.float64)
     var = _per_sample(variances, k, x)
+    if pred.var_frac is not None:  # a learned variance replaces the fixed one (L_hybrid runs)
+        var = step_variance(_per_sample(ab, k, x), _per_sample(prev, k, x),
+                            pred.var_frac.to(torch.float64))
     decoder = (discretized_gaussian_nll(x, x0_hat, var.sqrt()) if discrete
                else gaussian_nll(x, x0_hat, var))
     beta = 1 - ab / prev
@@ -431,7 +413,8 @@ def run_bpd(run: Run, n: int = 1000, *, estimators: tuple[str, ...] = ESTIMATORS
     # the conditional model itself (guidance 1), x̂_0 clipped to [-1, 1] for pixels as the
     # samplers' Denoiser has it, and no thresholding, which would make p depend on the batch
     denoiser = Denoiser(run.net, run.schedule, run.config.diffusion.target,
-                        clip=None if run.latent is not None else 1.0, null=run.null)
+                        clip=None if run.latent is not None else 1.0, null=run.null,
+                        learn_variance=run.config.diffusion.learn_variance)
     discrete = run.latent is None
 
     def points(lo: int, hi: int) -> tuple[Tensor, Condition | None]:

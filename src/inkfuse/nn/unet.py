@@ -110,7 +110,7 @@ class UNet(nn.Module):
                 size *= 2
 
         self.out = nn.Sequential(make_norm(cfg.norm, c, cfg.groups), make_act(cfg.activation),
-                                 nn.Conv2d(c, cfg.in_channels, 3, padding=1))
+                                 nn.Conv2d(c, cfg.out_channels or cfg.in_channels, 3, padding=1))
 
     def embed(self, t: Tensor | None, vector: Tensor | None, drop: Tensor | None,
               low_res_t: Tensor | None, batch: int) -> Tensor | None:

@@ -91,7 +91,9 @@ class DiffusionKind(Kind):
              gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         x0, cond = batch
         dc = self.config.diffusion
-        denoiser = Denoiser(forward, self.schedule, dc.target, null=self.null)
+        denoiser = Denoiser(forward, self.schedule, dc.target, null=self.null,
+                            learn_variance=dc.learn_variance, vlb_weight=dc.vlb_weight,
+                            discrete=not self.config.data.vae)
         return denoiser.loss(x0, cond, weighting=dc.loss_weighting, gamma=dc.min_snr_gamma,
                              generator=gen), {}
 
@@ -199,6 +201,10 @@ def resolve(config: Config, data: ImageDataset, text: TextConditioner | None = N
         channels, size, _ = latent.shape(config.data.size)
     return replace(config, model={
         "in_channels": config.model.in_channels or channels,
+        # 0 (= in_channels) unless the variance is learned: run dirs from before keep matching
+        "out_channels": config.model.out_channels or (
+            2 * (config.model.in_channels or channels) if config.diffusion.learn_variance
+            else 0),
         "size": config.model.size or size,
         "cond_dim": config.model.cond_dim or cond_dim,
         "token_dim": config.model.token_dim or token_dim,

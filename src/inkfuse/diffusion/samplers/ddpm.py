@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from inkfuse.diffusion.conditioning import Condition
-from inkfuse.diffusion.denoiser import Prediction
+from inkfuse.diffusion.denoiser import Prediction, step_variance
 from inkfuse.diffusion.samplers.walk import DenoiserFn, OnStep, walk
 
 
@@ -19,13 +19,15 @@ def ddpm_step(
         μ  = sqrt(ᾱ_prev) β / (1 − ᾱ_t) · x̂_0 + sqrt(α) (1 − ᾱ_prev) / (1 − ᾱ_t) · x_t
         σ² = β (1 − ᾱ_prev) / (1 − ᾱ_t)
     `z` is the fresh noise; None gives the posterior mean only (what the course shows fails).
+    A model that learned its variance (`pred.var_frac`) sets σ² between β̃ and β for this very
+    step, whatever the grid (Nichol & Dhariwal 2021, eq. 15 and §4 on fewer steps).
     """
     alpha = ab_t / ab_prev
     beta = 1 - alpha
     mean = (ab_prev.sqrt() * beta * pred.x0 + alpha.sqrt() * (1 - ab_prev) * x) / (1 - ab_t)
     if z is None:
         return mean
-    return mean + (beta * (1 - ab_prev) / (1 - ab_t)).sqrt() * z
+    return mean + step_variance(ab_t, ab_prev, pred.var_frac).sqrt() * z
 
 
 def ddpm(
