@@ -158,8 +158,12 @@ class Denoiser:
         c0 = ab_prev.sqrt() * beta / (1 - ab_t)  # the posterior mean's weight on x_0
         var = step_variance(ab_t, ab_prev, var_frac)
         tilde = step_variance(ab_t, ab_prev, None)
-        kl = normal_kl(c0 * x0, torch.where(tilde > 0, tilde, var), c0 * x0_hat, var)
-        decoder = (discretized_gaussian_nll(x0, x0_hat, var.sqrt()) if self.discrete
-                   else gaussian_nll(x0, x0_hat, var))
-        first = (t == 0).reshape(-1, *[1] * (x0.ndim - 1))
-        return torch.where(first, decoder, kl).flatten(1).mean(1) / math.log(2)
+        terms = normal_kl(c0 * x0, torch.where(tilde > 0, tilde, var), c0 * x0_hat,
+                          var).flatten(1).mean(1)
+        first = t == 0  # the decoder's rows only, in float64: a normal CDF far in its tail
+        if first.any():  # has an infinite derivative that would poison the masked-out rows
+            x, m, v = (u[first].double() for u in (x0, x0_hat, var))
+            nll = (discretized_gaussian_nll(x, m, v.sqrt()) if self.discrete
+                   else gaussian_nll(x, m, v))
+            terms = terms.index_put((first.nonzero()[:, 0],), nll.flatten(1).mean(1).to(terms))
+        return terms / math.log(2)

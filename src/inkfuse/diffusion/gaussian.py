@@ -30,11 +30,14 @@ def discretized_gaussian_nll(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     Computed as a difference of normal CDFs in log space on the side of the bin away from the
     mean, where neither CDF is close to 1, so a bin far in a tail keeps its precision (Ho et
     al.'s code approximates the CDF and floors the probability at 1e-12 instead)."""
-    lo = torch.where(x <= -1 + HALF_BIN / 2, -math.inf, (x - HALF_BIN - mean) / std)
-    hi = torch.where(x >= 1 - HALF_BIN / 2, math.inf, (x + HALF_BIN - mean) / std)
+    lo, hi = (x - HALF_BIN - mean) / std, (x + HALF_BIN - mean) / std
     # Φ(hi) − Φ(lo) = Φ(−lo) − Φ(−hi): use the form whose upper end is at or below the middle
     flip = lo + hi > 0
     a, b = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
     log_b = torch.special.log_ndtr(b)
-    log_p = log_b + torch.log(-torch.expm1(torch.special.log_ndtr(a) - log_b))
+    inner = log_b + torch.log(-torch.expm1(torch.special.log_ndtr(a) - log_b))
+    # the end bins reach to ∓∞: Φ(hi) and 1 − Φ(lo) = Φ(−lo), never an infinite argument,
+    # whose derivative (0 · ∞) would poison the gradients of the learned-variance loss
+    log_p = torch.where(x <= -1 + HALF_BIN / 2, torch.special.log_ndtr(hi),
+                        torch.where(x >= 1 - HALF_BIN / 2, torch.special.log_ndtr(-lo), inner))
     return -log_p
