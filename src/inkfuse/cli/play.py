@@ -51,12 +51,18 @@ def play(args: argparse.Namespace) -> None:
     shown = f"[{host}]" if ":" in host else host
     server = uvicorn.Server(uvicorn.Config(create_app(playground), log_level="warning",
                                            timeout_graceful_shutdown=1))
-    web = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="inkfuse-web")
+    def serve_web() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:  # the web app stopped (or never started): so does the model loop below
+            playground.model.stop()
+
+    web = threading.Thread(target=serve_web, name="inkfuse-web")
     web.start()
     print(f"inkfuse playground on http://{shown}:{port} serving {', '.join(playground.runs)} "
           "(Ctrl-C stops it)", flush=True)
     try:
-        playground.model.serve()  # until Ctrl-C or SIGTERM
+        playground.model.serve()  # until Ctrl-C, SIGTERM or the web app stops
     finally:
         server.should_exit = True
         web.join(10)

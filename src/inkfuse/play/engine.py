@@ -145,8 +145,6 @@ class Playground:
         """`model_thread`: start a thread for the network calls; False leaves them to whoever
         calls `model.serve()` (the main thread, in `inkfuse play`)."""
         self.model = ModelThread()
-        if model_thread:
-            threading.Thread(target=self.model.serve, name="inkfuse-model", daemon=True).start()
         if not run_dirs:
             raise ConfigError("give at least one run dir: inkfuse play RUN [RUN ...]")
         self.runs: dict[str, Run] = {}
@@ -159,6 +157,8 @@ class Playground:
             while key in self.runs:  # two runs of the same name from different folders
                 key += "'"
             self.runs[key] = dataclasses.replace(run, net=OnModelThread(run.net, self.model))
+        if model_thread:  # only once every run loaded: a bad run dir leaves no thread behind
+            threading.Thread(target=self.model.serve, name="inkfuse-model", daemon=True).start()
         self._pool = ThreadPoolExecutor(MAX_ACTIVE, thread_name_prefix="inkfuse-play")
         self._lock = threading.Lock()
         self._pending = 0
