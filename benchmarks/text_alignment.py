@@ -13,7 +13,8 @@ image had. Each prompt is drawn N times per guidance weight, and the exact shape
 
     python benchmarks/text_alignment.py runs/text --n 16 --guidance 1,2,4,8
 
-Writes results/text_alignment.md and a picture of the first prompts at each weight.
+Writes results/text_alignment.md, a picture of the first prompts at each weight, and per weight
+the samples with their prompts (`-w{w}.npz` of uint8 images, `-w{w}.txt` one prompt per line).
 """
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ def mean(rows: list[dict[str, bool]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def save_samples(out: Path, w: float, images: torch.Tensor, prompts: list[str]) -> None:
+    """OUT-w{w}.npz (uint8 `images` [N, C, H, W]) and OUT-w{w}.txt (the prompt of image i on
+    line i), so that another checker can score the same samples."""
+    stem = out.with_suffix("").name + f"-w{w:g}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out.with_name(stem + ".npz"), images=images.numpy(), guidance=w)
+    out.with_name(stem + ".txt").write_text("".join(q + "\n" for q in prompts))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="a text-conditioned shapes run dir")
@@ -141,6 +151,7 @@ def main() -> None:
                                   sampler=args.sampler, steps=args.steps, guidance=w,
                                   seed=args.seed, progress=True)
         per_image = (time.monotonic() - t0) / len(images)
+        save_samples(Path(args.out), w, images, prompts * args.n)
         found = detect(images, max_objects=2)
         k = len(prompts)
         single = mean([score_single(found[r * k + i], asked) for r in range(args.n)

@@ -6,6 +6,8 @@ from inkfuse.config import (
     RECIPES_DIR,
     ClipConfig,
     Config,
+    GANConfig,
+    TextLMConfig,
     TrainConfig,
     VAEConfig,
     from_dict,
@@ -23,8 +25,10 @@ def test_every_builtin_recipe_loads():
     kinds = {p.stem: type(load_recipe(p.stem)) for p in RECIPES_DIR.glob("*.toml")}
     assert kinds["vae-shapes"] is kinds["vae-fashion-mnist"] is VAEConfig
     assert kinds["clip-shapes"] is ClipConfig
+    assert kinds["textlm-shapes"] is TextLMConfig
+    assert kinds["gan-fashion-mnist"] is GANConfig
     assert {n for n, k in kinds.items() if k is not Config} == {
-        "vae-shapes", "vae-fashion-mnist", "clip-shapes"}
+        "vae-shapes", "vae-fashion-mnist", "clip-shapes", "textlm-shapes", "gan-fashion-mnist"}
 
 
 @pytest.mark.parametrize(("name", "kind", "message"), [
@@ -34,7 +38,9 @@ def test_every_builtin_recipe_loads():
      "recipes/shapes.toml is a diffusion recipe: train it with `inkfuse train shapes`"),
     ("clip-shapes", "vae",
      "recipes/clip-shapes.toml is a CLIP recipe: train it with `inkfuse clip train clip-shapes`"),
-    ("shapes", "gan", "unknown recipe kind 'gan' (known: diffusion, vae, clip)"),
+    ("gan-fashion-mnist", "vae", "recipes/gan-fashion-mnist.toml is a GAN recipe: train it "
+     "with `inkfuse gan train gan-fashion-mnist`"),
+    ("shapes", "flow", "unknown recipe kind 'flow' (known: diffusion, vae, clip, textlm, gan)"),
 ])
 def test_a_recipe_of_another_kind_names_the_command_that_trains_it(name, kind, message):
     with pytest.raises(ConfigError) as e:

@@ -31,7 +31,9 @@ def test_recipe_trains_and_samples(recipe, tmp_path):
 @pytest.mark.parametrize(("recipe", "extra"), [
     ("vae-shapes", ["data.count=64", "vae.eval_count=16"]),
     ("vae-fashion-mnist", ["vae.eval_count=16"]),
-    ("clip-shapes", ["data.count=64", "clip.eval_count=16", "data.size=16"])])
+    ("clip-shapes", ["data.count=64", "clip.eval_count=16", "data.size=16"]),
+    ("textlm-shapes", ["data.count=64", "textlm.eval_count=16"]),
+    ("gan-fashion-mnist", ["gan.eval_count=16"])])
 def test_vae_and_clip_recipes_train_and_score(recipe, extra, tmp_path):
     """The same QUICK settings: one [train] table for every kind."""
     config = load_recipe(recipe, [*QUICK[:2], "train.checkpoint_every=2", "data.limit=64",

@@ -72,7 +72,29 @@ def test_unknown_prompt_words_are_refused(run: tuple[Path, dict]) -> None:
         check_prompt(tok, "a red zebra")
 
 
+def test_hard_negatives_train_resume_and_are_scored(tmp_path: Path, killed_after_checkpoint
+                                                     ) -> None:
+    """NegCLIP on two-object captions: the held-out swap accuracies are reported, and a run
+    killed after its first checkpoint resumes to the same weights (negatives are drawn from the
+    step's generator)."""
+    from safetensors.torch import load_file
+
+    short = [*TINY[:-4], "data.max_objects=2", "data.count=1024", "clip.hard_negatives=2",
+             "train.steps=6", "train.batch_size=16", "train.checkpoint_every=3"]
+    train(load_recipe("clip-shapes", short), tmp_path / "whole", progress=False)
+    metrics = json.loads((tmp_path / "whole" / "clip.json").read_text())["metrics"]
+    for name in ("neg_two_colour", "neg_two_relation", "neg_two_all", "neg_one_all"):
+        assert 0.0 <= metrics[name] <= 1.0
+    killed_after_checkpoint(load_recipe("clip-shapes", short), tmp_path / "cut")
+    train(load_recipe("clip-shapes", short), tmp_path / "cut", progress=False)
+    a, b = (load_file(tmp_path / d / "clip.safetensors") for d in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"clip\.hard_negatives needs the shapes captions"):
+        load_recipe("clip-shapes", ["data.name='folder'", "data.path='x'",
+                                    "data.caption_dropout=0", "clip.hard_negatives=1"])
     with pytest.raises(ConfigError, match=r"unknown key clip\.stepz"):
         load_recipe("clip-shapes", ["clip.stepz=3"])
     with pytest.raises(ConfigError, match=r"data\.size = 4 is out of range"):

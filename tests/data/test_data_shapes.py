@@ -101,3 +101,29 @@ def test_held_out_combinations_never_appear():
     assert gone == shapes.held_out(0.1) and shapes.held_out(0.0) == frozenset()
     scenes = shapes.random_scenes(3000, seed=5, max_objects=2, exclude=gone)
     assert not any((s.kind, s.colour, s.position) in gone for scene in scenes for s in scene)
+
+
+def test_hard_negatives_bind_the_same_words_differently():
+    from inkfuse.data.shapes import KEEPS, ShapeSpec, caption, hard_negatives
+
+    red = ShapeSpec("circle", "red", "small", 0.5, 0.2)
+    blue = ShapeSpec("square", "blue", "large", 0.5, 0.8)
+    assert caption([red, blue]) == "a small red circle above a large blue square"
+    assert hard_negatives([red, blue]) == {
+        "colour": "a small blue circle above a large red square",
+        "size": "a large red circle above a small blue square",
+        "kind": "a small red square above a large blue circle",
+        "relation": "a small red circle below a large blue square"}
+    # a swap that the caption cannot show is no negative: no colours and sizes mentioned
+    assert hard_negatives([red, blue], KEEPS[-1]) == {
+        "kind": "a square above a circle", "relation": "a circle below a square"}
+    twin = ShapeSpec("circle", "red", "small", 0.5, 0.8)  # same words: only the relation is left
+    assert hard_negatives([red, twin]) == {
+        "relation": "a small red circle below a small red circle"}
+    assert hard_negatives([ShapeSpec("cross", "white", "large", 0.2, 0.2)]) == {
+        "kind": "a large white circle in the top left",
+        "size": "a small white cross in the top left",
+        "colour": "a large orange cross in the top left",
+        "position": "a large white cross in the bottom right"}
+    centre = ShapeSpec("cross", "white", "large", 0.5, 0.5)  # mirrored onto itself
+    assert "position" not in hard_negatives([centre])

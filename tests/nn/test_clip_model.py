@@ -57,3 +57,15 @@ def test_clip_loss_closed_form() -> None:
     expected = -torch.log_softmax(logits, 1).diag().mean()  # symmetric: rows = columns
     assert torch.allclose(clip_loss(img, img, 5.0), expected)
     assert clip_loss(img, img, 100.0) < clip_loss(img, img.roll(1, 0), 100.0)
+
+
+def test_hard_negatives_are_extra_columns_of_image_to_text_only() -> None:
+    img, txt = (F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(s)), dim=1)
+                for s in (1, 2))
+    neg = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(3)), dim=1)
+    i2t = 5.0 * torch.cat([img @ txt.T, img @ neg.T], 1)  # [4, 10]
+    t2i = 5.0 * txt @ img.T  # [4, 4]: no image for the negatives
+    expected = -(torch.log_softmax(i2t, 1).diag().mean()
+                 + torch.log_softmax(t2i, 1).diag().mean()) / 2
+    assert torch.allclose(clip_loss(img, txt, 5.0, neg), expected)
+    assert clip_loss(img, txt, 5.0, neg) > clip_loss(img, txt, 5.0)  # more to tell apart

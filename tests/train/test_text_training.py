@@ -109,3 +109,36 @@ def test_a_missing_text_encoder_is_one_line(tmp_path: Path, tiny_overrides: list
     config = load_recipe("shapes", [*tiny_overrides, *TEXT, f"text.encoder='{tmp_path / 'x'}'"])
     with pytest.raises(CheckpointError, match="clip"):
         train(config, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("encoder", ["lm", "negclip"])
+def test_other_text_encoders_train_on_the_fly_and_sample(encoder: str, tmp_path: Path,
+                                                         tiny_overrides: list[str]) -> None:
+    """text.kind = 'lm' pretrains a masked LM on the captions (Imagen), text.hard_negatives a
+    NegCLIP; either lands in RUN/clip, is kept on resume, and conditions the U-Net."""
+    extra = ["text.kind='lm'"] if encoder == "lm" else ["text.hard_negatives=1"]
+    config = load_recipe("shapes", [*tiny_overrides, *TEXT, *extra])
+    out = train(config, tmp_path / "run", progress=False)
+    meta = "textlm.json" if encoder == "lm" else "clip.json"
+    saved = json.loads((out / "clip" / meta).read_text())
+    assert saved["metrics"]["steps"] == 10
+    if encoder == "negclip":
+        assert saved["config"]["clip"]["hard_negatives"] == 1 and "neg_two_all" in saved["metrics"]
+    before = (out / "clip" / meta).stat().st_mtime_ns
+    train(load_recipe("shapes", [*tiny_overrides, *TEXT, *extra, "train.steps=8"]), out,
+          progress=False)  # resumed: the text encoder is not trained again
+    assert (out / "clip" / meta).stat().st_mtime_ns == before
+    run = pipelines.load_run(out)
+    images = pipelines.sample(run, 2, prompts=["a red circle above a blue square"], steps=2,
+                              guidance=3.0, progress=False)
+    assert images.shape == (2, 3, 16, 16)
+
+
+def test_text_encoder_options_that_cannot_work_are_refused(tiny_overrides: list[str]) -> None:
+    with pytest.raises(ConfigError, match=r"text\.kind = 'lm' trains a text-only encoder"):
+        load_recipe("shapes", [*tiny_overrides, *TEXT, "text.kind='lm'", "text.hard_negatives=1"])
+    with pytest.raises(ConfigError, match=r"text\.hard_negatives edits the scenes of shapes"):
+        load_recipe("shapes", [*tiny_overrides, *TEXT, "data.name='mnist'",
+                               "text.hard_negatives=1"])
+    # a given encoder makes the recipe's NegCLIP setting moot, not wrong
+    assert load_recipe("shapes-text", ["text.encoder='runs/clip'"]).text.hard_negatives == 1

@@ -1,24 +1,23 @@
 """A CLIP run dir: `clip.safetensors` (weights) and `clip.json` (format tag, architecture,
 recipe, tokenizer, metrics), or a pretrained `open_clip:MODEL:WEIGHTS` (`artifacts.open_clip`).
-Read, written and copied only here; `text.conditioner` is what a diffusion run makes of it.
+Read, written and copied only here; `text.conditioner` is what a diffusion run makes of it. A
+text-LM run dir (`artifacts.textlm`) is a frozen text encoder too: `load_conditioner` and
+`copy_clip` take either, by the JSON file the dir holds.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from inkfuse.artifacts.checkpoint import (
-    check_weights,
-    load_tensors,
-    read_json,
-    save_tensors,
-    write_json,
-)
 from inkfuse.artifacts.open_clip import is_open_clip_spec, load_open_clip_spec
+from inkfuse.artifacts.text_model import load_text_model, save_text_model
+from inkfuse.artifacts.textlm import META as TEXTLM_META
+from inkfuse.artifacts.textlm import WEIGHTS as TEXTLM_WEIGHTS
+from inkfuse.artifacts.textlm import is_textlm_dir, load_textlm
 from inkfuse.config import ClipConfig, ClipModelConfig, ClipSettings
 from inkfuse.errors import CheckpointError, ConfigError
 from inkfuse.io import copy_files
@@ -32,12 +31,7 @@ WEIGHTS, META = "clip.safetensors", "clip.json"
 
 def save_clip(out_dir: Path, model: CLIP, tok: BPETokenizer, cfg: ClipConfig,
               metrics: dict[str, Any]) -> None:
-    """Weights first, then the JSON that describes them; each file is replaced atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_tensors(out_dir / WEIGHTS, model.state_dict(), kind="clip")  # atomic itself
-    write_json(out_dir / META, {"format": FORMAT, "model": asdict(model.cfg),
-                                "config": cfg.to_dict(), "tokenizer": tok.to_dict(),
-                                "metrics": metrics})
+    save_text_model(out_dir, META, WEIGHTS, FORMAT, model, tok, cfg, metrics)
 
 
 # clip.json before recipes had tables held its settings flat, under "train"
@@ -77,39 +71,33 @@ def load_clip(run_dir: str | Path, device: str | torch.device = "cpu", *, trust:
     """
     if is_open_clip_spec(run_dir):
         return load_open_clip_spec(str(run_dir), device, trust=trust)
-    run = Path(run_dir)
-    meta = read_json(run / META)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{run / META} is not an inkfuse CLIP (no '{FORMAT}' tag); "
-                              "train one with `inkfuse clip train`")
-    try:
-        mcfg = ClipModelConfig(**meta["model"])
-        model = CLIP(mcfg)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{run / META} has a broken model section ({e}); "
-                              "train the model again") from None
-    tok = BPETokenizer.from_dict(meta.get("tokenizer"), f"{run / META} tokenizer")
-    if tok.vocab_size != mcfg.vocab_size:
-        raise CheckpointError(f"{run / META}: the tokenizer has {tok.vocab_size} tokens but the "
-                              f"model {mcfg.vocab_size}; the run dir is mixed up, train again")
-    weights = load_tensors(run / WEIGHTS)
-    check_weights(weights, model.state_dict(), run / WEIGHTS, META)
-    model.load_state_dict(weights)
-    return model.to(device).eval(), tok, meta
+    return load_text_model(Path(run_dir), META, WEIGHTS, FORMAT, "CLIP",
+                           lambda model: CLIP(ClipModelConfig(**model)),
+                           "train one with `inkfuse clip train`", device)
+
+
+def load_text_encoder(spec: str | Path, device: str | torch.device = "cpu", *,
+                      trust: bool = False) -> tuple[Any, BPETokenizer, dict[str, Any]]:
+    """(model in eval mode, tokenizer, its JSON) of a text-LM run dir (it holds textlm.json),
+    else of a CLIP (`load_clip`): the two have the same text methods."""
+    if not is_open_clip_spec(spec) and is_textlm_dir(spec):
+        return load_textlm(spec, device)
+    return load_clip(str(spec), device=device, trust=trust)
 
 
 def load_conditioner(spec: str | Path, mode: str, device: str | torch.device = "cpu", *,
                      trust: bool = False) -> TextConditioner:
-    """A CLIP run dir (or `open_clip:MODEL:WEIGHTS`) as a frozen text conditioner."""
+    """A CLIP run dir, a text-LM run dir (or `open_clip:MODEL:WEIGHTS`) as a frozen text
+    conditioner."""
     if mode not in MODES:
         raise ConfigError(f"text.conditioning = {mode!r} is not one of: {', '.join(MODES)}")
-    model, tokenizer, _ = load_clip(str(spec), device=device, trust=trust)
+    model, tokenizer, _ = load_text_encoder(spec, device, trust=trust)
     model.requires_grad_(False)
     return TextConditioner(model, tokenizer, mode)
 
 
 def copy_clip(src: str | Path, dst: Path) -> None:
-    """Copy a CLIP run's weights and description into `dst`, so a diffusion run dir keeps the
-    text encoder it was trained with even if the original is moved or retrained."""
-    load_clip(src)  # refuse a broken CLIP before copying anything
-    copy_files(src, dst, (WEIGHTS, META))
+    """Copy a CLIP's (or a text LM's) weights and description into `dst`, so a diffusion run
+    dir keeps the text encoder it was trained with even if the original is moved or retrained."""
+    load_text_encoder(src)  # refuse a broken model before copying anything
+    copy_files(src, dst, (TEXTLM_WEIGHTS, TEXTLM_META) if is_textlm_dir(src) else (WEIGHTS, META))

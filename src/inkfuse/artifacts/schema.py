@@ -62,6 +62,14 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "format": req(str), "model": req(dict), "tokenizer": req(dict),
         "config": opt(dict), "train": opt(dict), "metrics": opt(dict),
     },
+    "textlm.json": {
+        "format": req(str), "model": req(dict), "tokenizer": req(dict),
+        "config": opt(dict), "metrics": opt(dict),
+    },
+    "gan.json": {
+        "format": req(str), "model": req(dict), "class_names": opt(list, items=str),
+        "config": opt(dict), "metrics": opt(dict),
+    },
 }
 
 

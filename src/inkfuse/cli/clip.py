@@ -102,7 +102,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def format_metrics(metrics: dict[str, Any]) -> str:
     """The headline numbers of a CLIP, one per line, aligned."""
     names = ("loss_last", "zero_shot_kind", "zero_shot_colour", "text_to_image_r1",
-             "text_to_image_r5", "image_to_text_r1", "image_to_text_r5")
+             "text_to_image_r5", "image_to_text_r1", "image_to_text_r5", "neg_one_all",
+             "neg_two_colour", "neg_two_size", "neg_two_kind", "neg_two_relation", "neg_two_all")
     rows = [(k, metrics[k]) for k in names if k in metrics]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in rows)

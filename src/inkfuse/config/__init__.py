@@ -1,4 +1,5 @@
-"""Recipes: typed, validated configuration for every kind of run (diffusion, VAE, CLIP).
+"""Recipes: typed, validated configuration for every kind of run (diffusion, VAE, CLIP, text
+LM, GAN).
 
 Torch-free, so that a recipe can be read and checked without loading PyTorch:
 `python -c "import sys, inkfuse.config; assert 'torch' not in sys.modules"`.
@@ -18,6 +19,7 @@ from inkfuse.config.core import (
     replace,
     resolve_recipe,
 )
+from inkfuse.config.gan import GANConfig, GANModelConfig, GANSettings
 from inkfuse.config.recipe import KINDS, load_recipe, recipe_kind
 from inkfuse.config.sections import (
     Config,
@@ -30,13 +32,16 @@ from inkfuse.config.sections import (
     check_data,
     from_dict,
 )
+from inkfuse.config.textlm import TextLMConfig, TextLMModelConfig, TextLMSettings
 from inkfuse.config.vae import DEFAULT_CHANNEL_MULT, VAEConfig, VAEModelConfig, VAESettings
 from inkfuse.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CHANNEL_MULT", "KINDS", "RECIPES_DIR", "ClipConfig", "ClipModelConfig",
-    "ClipSettings", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "ModelConfig",
-    "Recipe", "SampleConfig", "TextConfig", "TrainConfig", "VAEConfig", "VAEModelConfig",
+    "ClipSettings", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "GANConfig",
+    "GANModelConfig", "GANSettings", "ModelConfig",
+    "Recipe", "SampleConfig", "TextConfig", "TextLMConfig", "TextLMModelConfig",
+    "TextLMSettings", "TrainConfig", "VAEConfig", "VAEModelConfig",
     "VAESettings", "apply_overrides", "bounded", "build_section", "check_data", "choice",
     "from_dict", "listed", "load_recipe", "parse_override", "read_recipe", "recipe_kind",
     "replace", "resolve_recipe",

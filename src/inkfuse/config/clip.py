@@ -13,6 +13,24 @@ from inkfuse.config.sections import DataConfig, TrainConfig, check_data, check_t
 from inkfuse.errors import ConfigError
 
 
+def check_caption_recipe(recipe: Recipe, what: str, section: str, width: int, heads: int) -> None:
+    """What every text-encoder recipe (CLIP, text LM) needs: captions to read (shapes or a
+    captioned folder), valid data and train tables, no image augmentation (a flip would swap
+    left and right in the captions) and a transformer width its heads divide."""
+    d = recipe.data
+    if d.name not in ("shapes", "folder"):
+        raise ConfigError(f"data.name = {d.name!r}: a {what} trains on captions, 'shapes' or a "
+                          "'folder' with captions.csv")
+    check_data(d)
+    check_train(recipe.train)
+    if d.hflip or d.crop_padding or d.vae or d.low_res or d.holdout:
+        raise ConfigError(f"a {what} recipe takes no data.hflip, crop_padding, vae, low_res or "
+                          "holdout (a flip would swap left and right in the captions)")
+    if width % heads:
+        raise ConfigError(f"{section}.width = {width} is not divisible by {section}.heads = "
+                          f"{heads}; pick a width that is a multiple of the head count")
+
+
 @dataclass
 class ClipModelConfig:
     """Everything needed to rebuild the network; stored in `clip.json` beside the weights."""
@@ -44,6 +62,9 @@ class ClipSettings:
     templates: list[str] = listed(["a {}", "a photo of a {}"],
                                   doc="zero-shot prompts, averaged (CLIP's prompt ensembling)")
     eval_count: int = bounded(512, 16, 100_000, doc="held-out pairs for retrieval")
+    hard_negatives: int = bounded(
+        0, 0, 4, doc="NegCLIP: captions per image with attributes swapped between its objects "
+                     "or the relation reversed, added as negatives (shapes only); 0 = plain CLIP")
 
 
 @dataclass
@@ -57,14 +78,7 @@ class ClipConfig(Recipe):
 
     def check(self) -> None:
         d, c = self.data, self.clip
-        if d.name not in ("shapes", "folder"):
-            raise ConfigError(f"data.name = {d.name!r}: a CLIP trains on captioned images, "
-                              "'shapes' or a 'folder' with captions.csv")
-        check_data(d)
-        check_train(self.train)
-        if d.hflip or d.crop_padding or d.vae or d.low_res or d.holdout:
-            raise ConfigError("a CLIP recipe takes no data.hflip, crop_padding, vae, low_res or "
-                              "holdout (a flip would swap left and right in the captions)")
+        check_caption_recipe(self, "CLIP", "clip", c.width, c.heads)
         if not c.channels:
             raise ConfigError("clip.channels needs at least one image stage, e.g. [32, 64, 128]")
         # the image tower halves the image between stages (2x average pooling)
@@ -72,11 +86,11 @@ class ClipConfig(Recipe):
             raise ConfigError(f"clip.channels has {len(c.channels)} stages, which halve "
                               f"data.size = {d.size} below 1 px; use fewer stages or larger "
                               "images")
-        if c.width % c.heads:
-            raise ConfigError(f"clip.width = {c.width} is not divisible by clip.heads = "
-                              f"{c.heads}; pick a width that is a multiple of the head count")
         if any("{}" not in t for t in c.templates):
             raise ConfigError("every clip.templates entry needs a {} for the class name")
+        if c.hard_negatives and d.name != "shapes":
+            raise ConfigError("clip.hard_negatives needs the shapes captions (it edits their "
+                              "scenes); set it to 0 for a folder of captions")
         if self.train.batch_size < 2:
             raise ConfigError("train.batch_size must be at least 2: each pair is the others' "
                               "negative")

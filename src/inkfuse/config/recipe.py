@@ -1,6 +1,7 @@
 """Recipes of every kind, read one way: a TOML file's tables say what it trains (`[vae]`: a VAE,
-`[clip]`: a CLIP, else diffusion), `--set section.key=value` overrides apply on top, and the
-kind's dataclass validates the lot.
+`[clip]`: a CLIP, `[textlm]`: a masked-language-model text encoder, `[gan]`: a GAN, else
+diffusion), `--set section.key=value` overrides apply on top, and the kind's dataclass validates
+the lot.
 """
 
 from __future__ import annotations
@@ -11,28 +12,33 @@ from typing import Any
 
 from inkfuse.config.clip import ClipConfig
 from inkfuse.config.core import RECIPES_DIR, Recipe, apply_overrides, read_recipe
+from inkfuse.config.gan import GANConfig
 from inkfuse.config.sections import Config
+from inkfuse.config.textlm import TextLMConfig
 from inkfuse.config.vae import VAEConfig
 from inkfuse.errors import ConfigError
 
-KINDS: dict[str, type[Recipe]] = {"diffusion": Config, "vae": VAEConfig, "clip": ClipConfig}
-_LABELS = {"diffusion": "diffusion", "vae": "VAE", "clip": "CLIP"}
+KINDS: dict[str, type[Recipe]] = {"diffusion": Config, "vae": VAEConfig, "clip": ClipConfig,
+                                  "textlm": TextLMConfig, "gan": GANConfig}
+_LABELS = {"diffusion": "diffusion", "vae": "VAE", "clip": "CLIP", "textlm": "text-LM",
+           "gan": "GAN"}
 _COMMANDS = {"diffusion": "inkfuse train", "vae": "inkfuse vae train",
-             "clip": "inkfuse clip train"}
+             "clip": "inkfuse clip train", "textlm": "inkfuse textlm train",
+             "gan": "inkfuse gan train"}
 
 
 def recipe_kind(raw: dict[str, Any]) -> str:
     """What a recipe's tables train: its model table names the kind."""
-    return "vae" if "vae" in raw else "clip" if "clip" in raw else "diffusion"
+    return next((kind for kind in ("vae", "clip", "textlm", "gan") if kind in raw), "diffusion")
 
 
 def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = (),
                 kind: str | None = None) -> Any:
     """Read a TOML recipe (a path or a built-in name), apply `--set` overrides, validate.
 
-    Returns a `Config`, `VAEConfig` or `ClipConfig` as the file's tables say; `kind`
-    ("diffusion", "vae", "clip") insists on one, so that a command given another kind's recipe
-    says which command trains it."""
+    Returns a `Config`, `VAEConfig`, `ClipConfig`, `TextLMConfig` or `GANConfig` as the file's
+    tables say; `kind` ("diffusion", "vae", "clip", "textlm", "gan") insists on one, so that a
+    command given another kind's recipe says which command trains it."""
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"unknown recipe kind {kind!r} (known: {', '.join(KINDS)})")
     raw, path = read_recipe(name_or_path)

@@ -164,12 +164,22 @@ class SampleConfig:
 @dataclass
 class TextConfig:
     encoder: str = field(default="", metadata={
-        "doc": "CLIP run dir, or open_clip:MODEL:WEIGHTS; empty = train one into RUN/clip"})
+        "doc": "CLIP or text-LM run dir, or open_clip:MODEL:WEIGHTS; empty = train one into "
+               "RUN/clip (text.kind)"})
     conditioning: str = choice(
         "pooled", "pooled", "cross-attention", "both",
         doc="pooled embedding into every block (the course), token features through "
             "cross-attention (latent diffusion), or both")
-    clip_steps: int = bounded(1500, 1, None, doc="steps of the CLIP trained when encoder is empty")
+    kind: str = choice(
+        "clip", "clip", "lm",
+        doc="the text encoder trained into RUN/clip when encoder is empty: a CLIP on the "
+            "captions and images, or a masked language model on the captions alone (Imagen)")
+    clip_steps: int = bounded(1500, 1, None,
+                              doc="steps of the text encoder trained when encoder is empty")
+    hard_negatives: int = bounded(
+        0, 0, 4, doc="hard negatives per image of the CLIP trained when encoder is empty "
+                     "(NegCLIP: attributes swapped between objects, relation reversed); "
+                     "unused with a given encoder")
 
 
 @dataclass
@@ -260,6 +270,14 @@ def _check_consistency(config: Config) -> None:
     if d.vae and config.sample.thresholding != "none":
         raise ConfigError("sample.thresholding is for pixel models: latents have no [-1, 1] "
                           "range to clip to; set it to 'none'")
+    if config.text.kind == "lm" and (config.text.hard_negatives or d.labels == "clip-image"):
+        raise ConfigError("text.kind = 'lm' trains a text-only encoder: it has no image "
+                          "embeddings (data.labels = 'clip-image') and no contrastive negatives "
+                          "(text.hard_negatives); use text.kind = 'clip'")
+    if config.text.hard_negatives and not config.text.encoder and d.name != "shapes":
+        raise ConfigError("text.hard_negatives edits the scenes of shapes captions, and this "
+                          f"run's CLIP would train on data.name = {d.name!r}: set "
+                          "text.hard_negatives = 0 (it is unused when text.encoder is given)")
     if d.labels == "clip-image" and config.text.conditioning != "pooled":
         raise ConfigError("data.labels = 'clip-image' conditions on one embedding per image: "
                           "use text.conditioning = 'pooled'")

@@ -11,7 +11,7 @@ trained model both depend on them, so only append to them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -155,6 +155,44 @@ def caption_variants(scene: list[ShapeSpec]) -> list[str]:
     order. A text model trained only on full captions embeds "a red circle" poorly: it never
     saw a prompt end that early."""
     return [caption(scene, keep) for keep in KEEPS]
+
+
+MAX_HARD_NEGATIVES = 4  # what `hard_negatives` returns at most
+
+
+def hard_negatives(scene: list[ShapeSpec], keep: tuple[bool, bool, bool] = (True, True, True)
+                   ) -> dict[str, str]:
+    """Captions that differ from `caption(scene, keep)` only in what binds to what (NegCLIP,
+    Yuksekgonul et al. 2023), by what was changed. Two objects: colour, size or kind swapped
+    between them ("a blue circle above a red square" for "a red circle above a blue square"),
+    or their places swapped, which reverses the relation. One object: each attribute the caption
+    mentions changed to the next value (kind always; position mirrored through the centre).
+    Changes that leave the caption as it was (two red objects, a colour not mentioned) are left
+    out.
+
+    Contrastive training otherwise sees only the batch's other captions, and a bag of words is
+    enough to tell those apart; these negatives have the positive's bag of words."""
+    if len(scene) == 1:
+        (s,) = scene
+        step = lambda options, value: options[(options.index(value) + 1) % len(options)]  # noqa: E731
+        changes = {"kind": dict(kind=step(SHAPES, s.kind)),
+                   "size": dict(size=step(tuple(SIZES), s.size)),
+                   "colour": dict(colour=step(tuple(COLOURS), s.colour)),
+                   "position": dict(x=1 - s.x, y=1 - s.y)}
+        scenes = {name: [replace(s, **change)] for name, change in changes.items()}
+    else:
+        a, b = scene
+        swaps = {"colour": ("colour",), "size": ("size",), "kind": ("kind",),
+                 "relation": ("x", "y")}
+        scenes = {name: [replace(a, **{f: getattr(b, f) for f in fs}),
+                         replace(b, **{f: getattr(a, f) for f in fs})]
+                  for name, fs in swaps.items()}
+    positive, out = caption(scene, keep), {}
+    for name, changed in scenes.items():
+        negative = caption(changed, keep)
+        if negative != positive and negative not in out.values():
+            out[name] = negative
+    return out
 
 
 def variant_probs(dropout: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from inkfuse.config import ClipConfig
 from inkfuse.data.captions import Pairs, to_float
-from inkfuse.data.shapes import COLOURS, SHAPES, generate_shapes
+from inkfuse.data.shapes import COLOURS, SHAPES, caption, generate_shapes, hard_negatives
 from inkfuse.nn.clip import CLIP
 from inkfuse.text.tokenizer import BPETokenizer
 from inkfuse.viz import plot_heatmap
@@ -86,11 +86,36 @@ def evaluate_clip(model: CLIP, tok: BPETokenizer, cfg: ClipConfig, held: Pairs,
     metrics |= {"text_to_image_r1": t2i[1], "text_to_image_r5": t2i[5],
                 "image_to_text_r1": i2t[1], "image_to_text_r5": i2t[5],
                 "eval_pairs": len(held.captions)}
+    if held.scenes is not None:
+        metrics |= hard_negative_accuracy(model, tok, img, held.scenes)
     if heatmap is not None:
         k = min(8, len(held.captions))
         similarity_heatmap(img[:k], txt[:k], [f"image {i}" for i in range(k)],
                            held.captions[:k], heatmap)
     return metrics
+
+
+def hard_negative_accuracy(model: CLIP, tok: BPETokenizer, img: torch.Tensor, scenes: list
+                           ) -> dict[str, float]:
+    """How often each held-out image is closer to its own caption than to the same words bound
+    differently (`shapes.hard_negatives`; ARO's test, Yuksekgonul et al. 2023): per change
+    ("neg_two_colour": the two objects' colours swapped, ... "neg_one_position") and all of an
+    image's at once ("neg_two_all", "neg_one_all"). A bag-of-words text tower scores 0.5 on the
+    two-object swaps, whatever its retrieval recall."""
+    negatives = [hard_negatives(s) for s in scenes]
+    counts = torch.tensor([len(found) for found in negatives])
+    own = (img * embed_texts(model, tok, [caption(s) for s in scenes])).sum(1)  # [N] cosines
+    flat = [text for found in negatives for text in found.values()]
+    other = (img.repeat_interleave(counts, 0) * embed_texts(model, tok, flat)).sum(1)
+    beaten = iter((own.repeat_interleave(counts) > other).tolist())  # one per negative
+    wins: dict[str, list[bool]] = {}
+    for scene, found in zip(scenes, negatives, strict=True):
+        group = "one" if len(scene) == 1 else "two"
+        right = {name: next(beaten) for name in found}
+        for name, ok in right.items():
+            wins.setdefault(f"neg_{group}_{name}", []).append(ok)
+        wins.setdefault(f"neg_{group}_all", []).append(all(right.values()))
+    return {name: float(np.mean(v)) for name, v in sorted(wins.items())}
 
 
 def similarity_heatmap(img: torch.Tensor, txt: torch.Tensor, image_labels: list[str],

@@ -72,11 +72,14 @@ class TextBlock(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """(ids [B, L], mask [B, L]) -> per-token features [B, L, width] after a final LayerNorm."""
+    """(ids [B, L], mask [B, L]) -> per-token features [B, L, width] after a final LayerNorm.
 
-    def __init__(self, cfg: ClipModelConfig):
+    `causal` (CLIP) lets token i see tokens up to i; without it (a BERT/T5-style encoder) every
+    token sees the whole prompt, so a colour's features can know which kind follows it."""
+
+    def __init__(self, cfg: ClipModelConfig, causal: bool = True):
         super().__init__()
-        self.context_length = cfg.context_length
+        self.context_length, self.causal = cfg.context_length, causal
         self.token = nn.Embedding(cfg.vocab_size, cfg.width)
         self.position = nn.Parameter(torch.randn(cfg.context_length, cfg.width) * 0.01)
         self.blocks = nn.ModuleList(TextBlock(cfg.width, cfg.heads) for _ in range(cfg.layers))
@@ -87,10 +90,12 @@ class TextEncoder(nn.Module):
         if self.context_length < L:
             raise ValueError(f"{L} tokens, but the text encoder reads at most "
                              f"{self.context_length}")
-        causal = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
-        # query i sees key j if j <= i and j is a real token; <sot> is always real, so no row
-        # is fully masked (which would give NaN)
-        attn_mask = (causal[None] & mask[:, None, :])[:, None]
+        # query i sees key j if j is a real token (and j <= i when causal); <sot> is always
+        # real, so no row is fully masked (which would give NaN)
+        attn_mask = mask[:, None, :].bool()
+        if self.causal:
+            attn_mask = attn_mask & torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
+        attn_mask = attn_mask[:, None]
         x = self.token(ids) + self.position[:L]
         for block in self.blocks:
             x = block(x, attn_mask)
@@ -128,17 +133,26 @@ class CLIP(nn.Module):
         pooled = tokens[torch.arange(ids.shape[0], device=ids.device), eot]
         return F.normalize(self.text_proj(pooled).float(), dim=-1)
 
-    def forward(self, images: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-        """The loss of one batch of matching (image, caption) pairs."""
-        return clip_loss(self.encode_image(images), self.encode_text(ids, mask), self.scale())
+    def forward(self, images: Tensor, ids: Tensor, mask: Tensor, neg_ids: Tensor | None = None,
+                neg_mask: Tensor | None = None) -> Tensor:
+        """The loss of one batch of matching (image, caption) pairs, with optional extra
+        captions [N, L] that match no image (NegCLIP's hard negatives)."""
+        negatives = None if neg_ids is None else self.encode_text(neg_ids, neg_mask)
+        return clip_loss(self.encode_image(images), self.encode_text(ids, mask), self.scale(),
+                         negatives)
 
 
-def clip_loss(img: Tensor, txt: Tensor, logit_scale: Tensor | float) -> Tensor:
+def clip_loss(img: Tensor, txt: Tensor, logit_scale: Tensor | float,
+              negatives: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE: row i of `img` matches row i of `txt`; every other row is a negative.
 
     img, txt: unit vectors [B, D]; logit_scale: the multiplier of the cosines (exp of the learned
     log temperature, e.g. `CLIP.scale()`). The mean of image->text and text->image cross-entropy.
+    `negatives` [N, D]: captions of no image, extra columns of every image's image->text softmax
+    (NegCLIP, Yuksekgonul et al. 2023, eq. 2); text->image has no image for them to pick.
     """
-    logits = logit_scale * img @ txt.T
+    logits = logit_scale * img @ txt.T  # [B images, B texts]
     target = torch.arange(img.shape[0], device=img.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    to_text = logits if negatives is None else torch.cat([logits, logit_scale * img @ negatives.T],
+                                                          dim=1)
+    return (F.cross_entropy(to_text, target) + F.cross_entropy(logits.T, target)) / 2

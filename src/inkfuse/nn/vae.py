@@ -164,6 +164,20 @@ class AutoencoderKL(nn.Module):
         p = self.cfg.pad
         return x[..., p:x.shape[-2] - p, p:x.shape[-1] - p] if p else x
 
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n images [n, C, S, S] decoded from z ~ N(0, I), the prior the KL term pulls q(z|x)
+        towards: the VAE as a generative model of its own (Kingma & Welling 2014). Only as good
+        as the KL weight makes it: at latent diffusion's 1e-6 the posteriors sit far from the
+        prior and its samples are noise; the latents a diffusion model learns are another
+        matter. `generator` lives on the model's device."""
+        if not self.image_size:
+            raise ValueError("this VAE does not record its image size, so its latent shape is "
+                             "unknown; sample a VAE trained by inkfuse")
+        device = self.scale_factor.device
+        z = torch.randn((n, *self.latent_shape(self.image_size)), generator=generator,
+                        device=device)
+        return self.decode(z)
+
     def forward(self, x: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, DiagonalGaussian]:
         """Reconstruction from a sampled z (training), and the posterior for the KL term."""

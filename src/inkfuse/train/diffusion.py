@@ -22,8 +22,9 @@ from inkfuse import pipelines
 from inkfuse.artifacts import checkpoint
 from inkfuse.artifacts.clip import copy_clip, load_conditioner
 from inkfuse.artifacts.run import Run
+from inkfuse.artifacts.textlm import is_textlm_dir
 from inkfuse.artifacts.vae import copy_vae, load_latent_space
-from inkfuse.config import ClipConfig, Config, replace
+from inkfuse.config import ClipConfig, Config, TextLMConfig, replace
 from inkfuse.data import ImageDataset, build_dataset
 from inkfuse.data.transforms import augment
 from inkfuse.diffusion import Condition, Denoiser, Schedule
@@ -35,6 +36,7 @@ from inkfuse.text.conditioner import TextConditioner, is_pretrained
 from inkfuse.train import loop, scoring
 from inkfuse.train.clip import ClipKind
 from inkfuse.train.loop import Dist, Kind
+from inkfuse.train.textlm import TextLMKind
 from inkfuse.viz import save_grid
 
 
@@ -250,26 +252,31 @@ def condition_source(config: Config, data: ImageDataset, text: TextConditioner |
 
 def prepare_text(config: Config, run_dir: Path, data: ImageDataset, device: torch.device,
                  d: Dist, progress: bool) -> TextConditioner | None:
-    """The frozen CLIP of a text (or CLIP-image) conditioned run, kept in RUN/clip.
+    """The frozen text encoder of a text (or CLIP-image) conditioned run, kept in RUN/clip.
 
-    `text.encoder` names a CLIP run dir (copied into RUN/clip so the run stays whole) or an
-    open_clip model (used in place); empty trains one on the run's own captions first."""
+    `text.encoder` names a CLIP or text-LM run dir (copied into RUN/clip so the run stays
+    whole) or an open_clip model (used in place); empty trains one on the run's own captions
+    first: a CLIP or a masked LM (`text.kind`)."""
     if config.data.labels not in ("text", "clip-image"):
         return None
     if data.captions is None:
         raise TrainingError(f"data.labels = {config.data.labels!r} needs captions: use the "
                             "shapes dataset or a folder with captions.csv")
-    spec = config.text.encoder
-    if not is_pretrained(spec) and d.main and not (run_dir / "clip" / "clip.json").is_file():
+    spec, home = config.text.encoder, run_dir / "clip"
+    if config.data.labels == "clip-image" and spec and is_textlm_dir(spec):
+        raise TrainingError(f"text.encoder = {spec!r} is a text LM, which embeds no images; "
+                            "data.labels = 'clip-image' needs a CLIP")
+    have = (home / "clip.json").is_file() or is_textlm_dir(home)
+    if not is_pretrained(spec) and d.main and not have:
         if spec:
-            copy_clip(spec, run_dir / "clip")
+            copy_clip(spec, home)
         else:
-            loop.run(clip_recipe(config), run_dir / "clip", ClipKind, progress=progress,
-                     solo=True)
+            recipe, kind = text_recipe(config)
+            loop.run(recipe, home, kind, progress=progress, solo=True)
     if d.world > 1:
         dist.barrier()
-    return load_conditioner(spec if is_pretrained(spec) else run_dir / "clip",
-                            config.text.conditioning, device)
+    return load_conditioner(spec if is_pretrained(spec) else home, config.text.conditioning,
+                            device)
 
 
 def prepare_latents(config: Config, run_dir: Path, device: torch.device, d: Dist
@@ -293,14 +300,19 @@ def dataset_meta(data: ImageDataset, config: Config) -> dict:
             "prompts": prompts}
 
 
-def clip_recipe(config: Config) -> ClipConfig:
-    """The CLIP a text run trains into RUN/clip when `text.encoder` is empty: the built-in
-    clip-shapes recipe (its own 20k pairs) at the run's image size, objects per image, seed and
-    device, for `text.clip_steps` steps."""
+def text_recipe(config: Config) -> tuple[ClipConfig | TextLMConfig, type[Kind]]:
+    """The text encoder a text run trains into RUN/clip when `text.encoder` is empty, with its
+    training kind: the built-in clip-shapes recipe (its own 20k pairs; `text.hard_negatives`
+    makes it NegCLIP) or textlm-shapes (the same 20k scenes' captions), at the run's image size,
+    objects per image, seed and device, for `text.clip_steps` steps."""
     dc = config.data
     if dc.name != "shapes":
-        raise TrainingError("only shapes captions can train a CLIP on the fly; train one with "
-                            "`inkfuse clip train` on a folder recipe and set text.encoder")
-    return replace(ClipConfig(), data={"size": dc.size, "max_objects": dc.max_objects},
-                   train={"steps": config.text.clip_steps, "seed": config.train.seed,
-                          "device": config.train.device})
+        raise TrainingError("only shapes captions can train a text encoder on the fly; train one "
+                            "with `inkfuse clip train` on a folder recipe and set text.encoder")
+    data = {"size": dc.size, "max_objects": dc.max_objects}
+    train = {"steps": config.text.clip_steps, "seed": config.train.seed,
+             "device": config.train.device}
+    if config.text.kind == "lm":
+        return replace(TextLMConfig(), data=data, train=train), TextLMKind
+    return replace(ClipConfig(), data=data, clip={"hard_negatives": config.text.hard_negatives},
+                   train=train), ClipKind

@@ -248,6 +248,9 @@ class Kind:
         raise NotImplementedError
 
     def param_groups(self, model: nn.Module) -> Iterable[Any]:
+        """The parameters for AdamW, or groups of them with their own AdamW settings
+        (`weight_decay`, `betas`) and an `lr_scale`: the group's rate is that times the
+        schedule's (a GAN's two time-scales)."""
         return model.parameters()
 
     def batch(self, idx: Tensor, gen: torch.Generator) -> Any:
@@ -364,7 +367,7 @@ def _train(kind: Kind, run_dir: Path, device: torch.device, d: Dist, progress: b
     while step < tc.steps:
         lr = lr_at(step, tc)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         torch.manual_seed(seed_for(tc.seed, d.rank, step, 1))  # dropout
         gen.manual_seed(seed_for(tc.seed, d.rank, step, 2))  # everything the kind draws
         total, parts = 0.0, {}
