@@ -138,7 +138,8 @@ def test_text_encoder_options_that_cannot_work_are_refused(tiny_overrides: list[
     with pytest.raises(ConfigError, match=r"text\.kind = 'lm' trains a text-only encoder"):
         load_recipe("shapes", [*tiny_overrides, *TEXT, "text.kind='lm'", "text.hard_negatives=1"])
     with pytest.raises(ConfigError, match=r"text\.hard_negatives edits the scenes of shapes"):
-        load_recipe("shapes", [*tiny_overrides, *TEXT, "data.name='mnist'",
-                               "text.hard_negatives=1"])
+        load_recipe("shapes", [*tiny_overrides, "data.labels='text'", "data.name='folder'",
+                               "data.path='x'", "model.attention_resolutions=[8]",
+                               "model.head_dim=8", "text.hard_negatives=1"])
     # a given encoder makes the recipe's NegCLIP setting moot, not wrong
     assert load_recipe("shapes-text", ["text.encoder='runs/clip'"]).text.hard_negatives == 1
