@@ -142,4 +142,5 @@ def test_text_encoder_options_that_cannot_work_are_refused(tiny_overrides: list[
                                "data.path='x'", "model.attention_resolutions=[8]",
                                "model.head_dim=8", "text.hard_negatives=1"])
     # a given encoder makes the recipe's NegCLIP setting moot, not wrong
-    assert load_recipe("shapes-text", ["text.encoder='runs/clip'"]).text.hard_negatives == 1
+    assert load_recipe("shapes-text", ["text.encoder='runs/clip'", "text.hard_negatives=1"
+                                       ]).text.hard_negatives == 1
