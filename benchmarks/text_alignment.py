@@ -12,9 +12,14 @@ image had. Each prompt is drawn N times per guidance weight, and the exact shape
   right of the second as asked, given the binding), and all of them.
 
     python benchmarks/text_alignment.py runs/text --n 16 --guidance 1,2,4,8
+    python benchmarks/text_alignment.py runs/unclip              # prompts through the prior
+    python benchmarks/text_alignment.py runs/unclip --no-prior   # the same decoder, text fed in
 
 Writes results/text_alignment.md, a picture of the first prompts at each weight, and per weight
 the samples with their prompts (`-w{w}.npz` of uint8 images, `-w{w}.txt` one prompt per line).
+A CLIP-image (unCLIP) run is scored through its diffusion prior when it has one, or with
+`--no-prior` on the prompt's text embedding as the decoder's input (the course's trick), into
+results/text_alignment-prior.md or -no-prior.md, whose title says which.
 """
 
 from __future__ import annotations
@@ -109,6 +114,14 @@ def save_samples(out: Path, w: float, images: torch.Tensor, prompts: list[str]) 
     out.with_name(stem + ".txt").write_text("".join(q + "\n" for q in prompts))
 
 
+def conditioning(run: pipelines.Run) -> str | None:
+    """What a clip-image decoder is given for a prompt ("prior" or "no-prior"); None for the
+    other text runs, which read the text themselves."""
+    if run.config.data.labels != "clip-image":
+        return None
+    return "prior" if run.prior is not None else "no-prior"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="a text-conditioned shapes run dir")
@@ -119,11 +132,21 @@ def main() -> None:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(RESULTS / "text_alignment.md"))
+    p.add_argument("--no-prior", action="store_true",
+                   help="a CLIP-image run: give the decoder the prompt's text embedding, not "
+                        "its prior's image embedding (default: the prior, when the run has one)")
+    p.add_argument("--out", default=None,
+                   help="default results/text_alignment.md, or for a CLIP-image run "
+                        "text_alignment-prior.md / -no-prior.md")
     args = p.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    run = pipelines.load_run(args.run, device=device)
+    run = pipelines.load_run(args.run, device=device, prior=not args.no_prior)
+    mode = conditioning(run)
+    if args.out is None:
+        args.out = str(RESULTS / f"text_alignment{'-' + mode if mode else ''}.md")
+    how = {None: "", "prior": " through its diffusion prior",
+           "no-prior": " without a prior (the decoder reads the text embedding)"}[mode]
     seen = training_captions(run)
     singles = single_prompts(run, seen, args.singles, args.seed)
     pairs = pair_prompts(seen, args.pairs, 1_000_003 + args.seed)
@@ -133,14 +156,15 @@ def main() -> None:
     log = [json.loads(ln) for ln in (run.dir / "log.jsonl").read_text().splitlines()
            if ln.strip()]
     trained = f"{log[-1]['step']} steps in {log[-1]['seconds'] / 60:.1f} min"
-    lines = [f"# Text alignment: {run.dir.name}", "",
+    lines = [f"# Text alignment: {run.dir.name}{how}", "",
              f"Model trained {trained} on `{run.config.data.name}` "
-             f"({run.config.text.conditioning} text conditioning, {device}). "
+             f"({run.config.text.conditioning} text conditioning{how}, {device}). "
              f"{len(singles)} single-object prompts with held-out (kind, colour, position) "
              f"combinations and {len(pairs)} unseen two-object captions, {args.n} images each, "
              f"{args.sampler} {args.steps} steps.", "",
              f"Command: `python benchmarks/text_alignment.py {args.run} --n {args.n} "
-             f"--guidance {args.guidance} --sampler {args.sampler} --steps {args.steps}`", "",
+             f"--guidance {args.guidance} --sampler {args.sampler} --steps {args.steps}"
+             f"{' --no-prior' if args.no_prior else ''}`", "",
              "| w | kind | colour | size | position | **single: all** | count | binding "
              "| size | relation | **two: all** | s/image |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -149,7 +173,7 @@ def main() -> None:
         t0 = time.monotonic()
         images = pipelines.sample(run, len(prompts) * args.n, prompts=prompts * args.n,
                                   sampler=args.sampler, steps=args.steps, guidance=w,
-                                  seed=args.seed, progress=True)
+                                  seed=args.seed, progress=True, use_prior=not args.no_prior)
         per_image = (time.monotonic() - t0) / len(images)
         save_samples(Path(args.out), w, images, prompts * args.n)
         found = detect(images, max_objects=2)

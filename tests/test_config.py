@@ -182,3 +182,15 @@ def test_attention_sizes_of_a_latent_model_wait_for_the_latent_side():
     c = load_recipe("shapes-latent", ["model.attention_resolutions=[4]"])
     with pytest.raises(ConfigError, match=r"levels are 8, 4, 2 px, so 16 would get no"):
         replace(c, model={"size": 8, "attention_resolutions": [16]})
+
+
+def test_withhold_names_real_words_of_the_shapes():
+    assert load_recipe("shapes-text", ["data.withhold=['cyan']"]).data.withhold == ["cyan"]
+    with pytest.raises(ConfigError, match="'purple' is not a shapes kind or colour"):
+        load_recipe("shapes-text", ["data.withhold=['purple']"])
+    with pytest.raises(ConfigError, match=re.escape("only to data.name = 'shapes'")):
+        load_recipe("mnist", ["data.withhold=['red']"])
+    with pytest.raises(ConfigError, match="too little to draw"):
+        load_recipe("shapes", ["data.withhold=['circle', 'square', 'triangle', 'cross']"])
+    with pytest.raises(ConfigError, match="'a white triangle to the left of a magenta cross' asks"):
+        load_recipe("shapes-text", ["data.withhold=['magenta']"])  # the recipe's last prompt

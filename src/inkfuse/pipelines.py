@@ -6,6 +6,8 @@ decoding) that `sample` and the editing functions share.
     images = sample(run, 16, labels=torch.arange(16) % 4, guidance=3.0, steps=50)
     images = sample(load_run("runs/text"), 8, prompts=["a red circle in the top left"])
     images = sample(text_run, 8, prompts=["a red circle :0.7 | a blue square :0.3"])  # a mix
+    images = sample(unclip_run, 8, prompts=["a red circle"])  # text -> prior -> decoder
+    images = variations(unclip_run, image, 8)  # an image's CLIP embedding, decoded anew
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from inkfuse.artifacts.prior import Prior
 from inkfuse.artifacts.run import Run, load_run
+from inkfuse.data.transforms import resize
 from inkfuse.diffusion import Condition, Prediction
 from inkfuse.diffusion.samplers import get_sampler
 from inkfuse.diffusion.samplers.walk import DenoiserFn, OnStep
 from inkfuse.diffusion.schedule import timestep_grid
 from inkfuse.diffusion.upsampling import enlarge, shrink, with_low_res
 from inkfuse.errors import CheckpointError, ConfigError, InkfuseError
+from inkfuse.nn.prior import from_prior_space
 from inkfuse.runtime import keep_freed_memory
+from inkfuse.text.conditioner import TextConditioner
 
 
 def parse_mix(prompt: str) -> tuple[list[str], tuple[float, ...]]:
@@ -52,9 +58,11 @@ def parse_mix(prompt: str) -> tuple[list[str], tuple[float, ...]]:
     return texts, tuple(w / total for w in weights)
 
 
-def text_condition(run: Run, n: int, prompts: list[str]) -> tuple[Condition, tuple[float, ...]]:
+def text_condition(run: Run, n: int, prompts: list[str], text: TextConditioner | None = None
+                   ) -> tuple[Condition, tuple[float, ...]]:
     """The condition for `n` samples of prompts (1 or n of them), stacked as k blocks of n rows
-    for a mix of k prompts, and the mix's weights."""
+    for a mix of k prompts, and the mix's weights. `text` encodes them (default: the run's own
+    conditioner; a prior reads them with `Prior.text`)."""
     if run.text is None:
         raise ConfigError(f"the model in {run.dir} is not text-conditioned: drop --prompt "
                           "(use --class or --context)")
@@ -63,7 +71,7 @@ def text_condition(run: Run, n: int, prompts: list[str]) -> tuple[Condition, tup
         raise ConfigError("every sample of one call must mix the same number of prompts with "
                           "the same weights; sample different mixes one at a time")
     unique = sorted({t for texts, _ in parsed for t in texts})
-    encoded = run.text.encode(unique)
+    encoded = (text or run.text).encode(unique)
     blocks = [encoded[torch.tensor([unique.index(texts[j]) for texts, _ in parsed])]
               for j in range(len(parsed[0][0]))]
     return Condition.cat(blocks), parsed[0][1]
@@ -77,15 +85,42 @@ def _per_sample_list(values: list[str], n: int) -> list[str]:
     return values
 
 
-def make_condition(run: Run, n: int, labels: Tensor | None = None,
-                   context: Tensor | None = None, prompts: list[str] | None = None
-                   ) -> tuple[Condition | None, tuple[float, ...]]:
-    """The condition for `n` samples and the weights of its mix (see `text_condition`).
+def image_condition(run: Run, n: int, embeddings: Tensor) -> Condition:
+    """CLIP image embeddings (1 or n of them, [D] or [k, D]) as the condition of `n` samples of
+    a clip-image decoder: what the prior makes of a prompt, or an image's own (`variations`)."""
+    _check_clip_image(run)
+    dim = run.config.model.cond_dim
+    vectors = torch.as_tensor(embeddings, dtype=torch.float32)
+    if vectors.ndim not in (1, 2) or vectors.shape[-1] != dim:
+        raise ConfigError(f"image embeddings for {run.dir} must be [{dim}] or [k, {dim}], got "
+                          f"{list(vectors.shape)}")
+    return Condition.from_vectors(_per_sample(vectors.reshape(-1, dim), n, "image embeddings"))
 
-    Given labels, context vectors or prompts, else each class in turn for class models, and the
-    null condition (the empty prompt) for text models."""
+
+def _check_clip_image(run: Run) -> None:
+    if run.config.data.labels != "clip-image":
+        raise ConfigError(f"the model in {run.dir} is conditioned on data.labels = "
+                          f"{run.config.data.labels!r}, not on CLIP image embeddings: image "
+                          "variations (and image embeddings) need a data.labels = 'clip-image' "
+                          "run (recipes/shapes-unclip.toml)")
+
+
+def make_condition(run: Run, n: int, labels: Tensor | None = None,
+                   context: Tensor | None = None, prompts: list[str] | None = None,
+                   embeddings: Tensor | None = None, text: TextConditioner | None = None
+                   ) -> tuple[Condition | None, tuple[float, ...]]:
+    """The condition for `n` samples and the weights of its mix (see `text_condition`, which
+    `text` is passed to).
+
+    Given labels, context vectors, prompts or CLIP image `embeddings` (1 or n, for a clip-image
+    run), else each class in turn for class models, and the null condition (the empty prompt)
+    for text models."""
+    if embeddings is not None:
+        if prompts is not None:
+            raise ConfigError("give prompts or image embeddings, not both")
+        return image_condition(run, n, embeddings), (1.0,)
     if prompts is not None:
-        return text_condition(run, n, prompts)
+        return text_condition(run, n, prompts, text)
     dim = run.config.model.cond_dim
     if run.text is not None or not dim:
         if labels is not None or context is not None:
@@ -185,18 +220,75 @@ def recipe_options(run: Run, sampler: str) -> dict[str, object]:
 
 
 @torch.no_grad()
+def sample_prior(prior: Prior, cond: Condition, generator: torch.Generator, *,
+                 steps: int | None = None, guidance: float | None = None) -> Tensor:
+    """CLIP image embeddings [B, D], unit vectors, for the B prompts of `cond` (as `prior.text`
+    encodes them): the prior's sampler walks from noise drawn from `generator`, with the
+    `[prior]` steps and guidance it was trained with unless given."""
+    s = prior.settings
+    entry = get_sampler(s.sampler)
+    steps = s.sample_steps if steps is None else steps
+    if steps < 1:
+        raise ConfigError(f"--prior-steps must be at least 1, got {steps}")
+    device = cond.drop.device
+    grid = timestep_grid(prior.schedule, steps, entry.spacing).to(device)
+    x = torch.randn((len(cond), prior.net.cfg.embed_dim), generator=generator, device=device)
+    denoiser = prior.denoiser(s.guidance if guidance is None else guidance)
+    return from_prior_space(entry(denoiser, x, grid, cond, generator=generator))
+
+
+def prior_of(run: Run, prompts: list[str] | None, use_prior: bool = True,
+             steps: int | None = None, guidance: float | None = None) -> Prior | None:
+    """The prior that turns `prompts` into image embeddings for `run`'s decoder, or None: the run
+    has none, there are no prompts, or `use_prior` is False (the course's trick: the text
+    embedding goes to the decoder as it is, which is also all a run without a prior does, so
+    False is never refused). The prior's own `steps` or `guidance` with no prior to apply them
+    to are refused."""
+    prior = run.prior if use_prior and prompts is not None else None
+    if prior is None and (steps is not None or guidance is not None):
+        why = ("--no-prior turns it off" if run.prior is not None and not use_prior
+               else "there are no prompts for it" if run.prior is not None
+               else f"{run.dir} has none (train one with `inkfuse prior train {run.dir}`, for a "
+                    "data.labels = 'clip-image' run)")
+        raise ConfigError(f"--prior-steps and --prior-guidance set the diffusion prior, but "
+                          f"{why}: drop them")
+    return prior
+
+
+def prior_embeddings(run: Run, prompts: list[str], *, seed: int = 0, steps: int | None = None,
+                     guidance: float | None = None, precision: str | None = None) -> Tensor:
+    """The CLIP image embeddings [len(prompts), D] that `run`'s prior draws for `prompts`, on the
+    CPU (what `sample` gives the decoder; the seed fixes the prior's noise)."""
+    prior = prior_of(run, prompts, True, steps, guidance)
+    if prior is None:
+        raise ConfigError(f"{run.dir} has no diffusion prior: train one with `inkfuse prior "
+                          f"train {run.dir}` (data.labels = 'clip-image' runs)")
+    gen = torch.Generator(run.device).manual_seed(seed)
+    with run.autocast(precision):
+        return sample_prior(prior, prior.text.encode(prompts), gen, steps=steps,
+                            guidance=guidance).cpu()
+
+
+@torch.no_grad()
 def sample(
     run: Run, n: int, *, labels: Tensor | None = None, context: Tensor | None = None,
-    prompts: list[str] | None = None, low_res: Tensor | None = None, sampler: str = "ddim",
+    prompts: list[str] | None = None, embeddings: Tensor | None = None,
+    low_res: Tensor | None = None, sampler: str = "ddim",
     steps: int = 50, guidance: float = 1.0, rescale: float = 0.0, spacing: str | None = None,
     seed: int = 0, precision: str | None = None, batch_size: int = 256, progress: bool = True,
     on_step: OnStep | None = None, thresholding: str | None = None,
-    threshold_percentile: float | None = None, **options: object,
+    threshold_percentile: float | None = None, use_prior: bool = True,
+    prior_steps: int | None = None, prior_guidance: float | None = None, **options: object,
 ) -> Tensor:
     """Draw `n` images in [-1, 1] as an [n, C, H, W] float tensor on the CPU.
 
     The seed fixes the starting noise and every fresh noise draw: same seed, same images.
     `prompts` (text models): 1 or n prompts; "a | b" mixes prompts (see `parse_mix`).
+    A clip-image run with a diffusion prior (unCLIP) draws each prompt's image embedding with
+    the prior first (its `[prior]` steps and guidance, or `prior_steps`, `prior_guidance`),
+    from the same seeded generator; `use_prior=False` feeds the prompt's text embedding to the
+    decoder instead (see `prior_of`). `embeddings` (clip-image runs): 1 or n CLIP image
+    embeddings to decode instead of prompts (`variations`).
     `low_res` (super-resolution models): the n images to upsample, [n, C, h, w] in [-1, 1].
     A latent diffusion run samples latents and returns them decoded to images.
     `spacing` (leading, trailing, linspace, karras) defaults to the sampler's own.
@@ -215,7 +307,9 @@ def sample(
         raise ConfigError(f"--n must be at least 1, got {n}")
     keep_freed_memory()
     device = run.device
-    cond, weights = make_condition(run, n, labels, context, prompts)
+    prior = prior_of(run, prompts, use_prior, prior_steps, prior_guidance)
+    cond, weights = make_condition(run, n, labels, context, prompts, embeddings,
+                                   prior.text if prior is not None else None)
     low = _check_low_res(run, n, low_res)
     grid = timestep_grid(run.schedule, steps, spacing or entry.spacing).to(device)
 
@@ -223,6 +317,10 @@ def sample(
         x = torch.randn((hi - lo, *run.shape), generator=gen, device=device)
         c = None if cond is None else Condition.cat(
             [cond[j * n + lo:j * n + hi] for j in range(len(weights))]).to(device)
+        if prior is not None:  # text -> the prior's image embeddings, after x_T is drawn
+            with run.autocast(precision):
+                c = Condition.from_vectors(sample_prior(prior, c, gen, steps=prior_steps,
+                                                        guidance=prior_guidance))
         if low is not None:  # the same noised low-res image for every part of a mix
             level = torch.full((hi - lo,), round(run.config.sample.low_res_noise
                                                  * (run.schedule.T - 1)), device=device)
@@ -307,8 +405,30 @@ def sample_grid(run: Run, per_class: int = 8, *, progress: bool = True,
     return sample(run, n, **cond, **options), names
 
 
-__all__ = ["InkfuseError", "Run", "draw", "load_run", "make_condition", "recipe_options",
-           "sample", "sample_grid", "upsample"]
+def variations(run: Run, image: Tensor, n: int, *, seed: int = 0, progress: bool = True,
+               **kwargs) -> Tensor:
+    """`n` new images of what `image` shows (DALL-E 2's variations): its CLIP image embedding,
+    from the run's own frozen CLIP, decoded with fresh noise. `image` is uint8 [C, H, W] or
+    [1, C, H, W] of any size (centre-cropped and resized to the run's, as training images
+    were). Uses the recipe's [sample] settings unless overridden in kwargs (`sample`'s); returns
+    [n, C, H, W] in [-1, 1]."""
+    _check_clip_image(run)
+    x = torch.as_tensor(image)
+    x = x[None] if x.ndim == 3 else x
+    channels = run.image_shape[0]
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[:2] != (1, channels):
+        raise ConfigError(f"the image must be uint8 [{channels}, H, W] for {run.dir}, got "
+                          f"{x.dtype} {list(image.shape)}")
+    embedding = run.text.encode_images(resize(x, run.config.data.size))  # [1, D]
+    s = run.config.sample
+    options = dict(sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                   rescale=s.guidance_rescale) | kwargs
+    options = recipe_options(run, options["sampler"]) | options
+    return sample(run, n, embeddings=embedding, seed=seed, progress=progress, **options)
+
+
+__all__ = ["InkfuseError", "Run", "draw", "load_run", "make_condition", "prior_embeddings",
+           "recipe_options", "sample", "sample_grid", "sample_prior", "upsample", "variations"]
 
 
 def class_labels(run: Run, n: int, labels: Tensor | None = None) -> Tensor | None:

@@ -127,3 +127,14 @@ def test_hard_negatives_bind_the_same_words_differently():
         "position": "a large white cross in the bottom right"}
     centre = ShapeSpec("cross", "white", "large", 0.5, 0.5)  # mirrored onto itself
     assert "position" not in hard_negatives([centre])
+
+
+def test_withheld_words_never_appear_in_images_or_captions():
+    """data.withhold: no object of that colour or kind, in any scene, pixel or caption (what
+    textual inversion is measured on); the other colours and kinds all still appear."""
+    ds = shapes.load(400, 16, seed=5, max_objects=2, withhold=["magenta", "cross"])
+    assert not any("magenta" in c or "cross" in c for c in ds.captions)
+    seen = {w for c in ds.captions for w in c.split()}
+    assert {"red", "cyan", "circle", "triangle"} <= seen
+    pixels = ds.images.permute(0, 2, 3, 1).reshape(-1, 3)
+    assert not (pixels == torch.tensor(COLOURS["magenta"], dtype=torch.uint8)).all(1).any()

@@ -105,6 +105,18 @@ def test_time_budget_stops_cleanly_and_saves(kind, tmp_path, tiny_overrides):
         assert meta["metrics"]["steps"] == 1
 
 
+def test_cpu_clock_counts_this_process_cpu_time(tmp_path, tiny_overrides, monkeypatch):
+    """train.clock = 'cpu': the budget and train_seconds follow time.process_time, so a process
+    that waits (here: a clock that stands still while the wall clock runs) is not charged."""
+    ticks = iter(range(0, 10_000, 7))  # process_time advances 7 s per reading
+    monkeypatch.setattr(loop.time, "process_time", lambda: float(next(ticks)))
+    config = recipe("diffusion", tiny_overrides, "train.steps=1000", "train.clock='cpu'",
+                    "train.max_minutes=0.3")  # 18 s of CPU: three readings of 7 s
+    run = train(config, tmp_path / "run", progress=False)
+    state = json.loads((run / "checkpoint/state.json").read_text())
+    assert state["step"] == 3 and state["train_seconds"] == 21.0
+
+
 # A VAE and a CLIP trained under torchrun the way `inkfuse.train.train` is called
 DDP_SCRIPT = ("import sys; from inkfuse.config import load_recipe; from inkfuse.train import "
               "train; train(load_recipe(sys.argv[1], sys.argv[3:]), sys.argv[2], progress=False)")

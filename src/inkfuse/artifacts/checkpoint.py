@@ -84,17 +84,24 @@ def load_tensors(path: Path) -> dict[str, Tensor]:
     """Read a safetensors file of ours; any damage becomes one clear CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the run dir is incomplete (train it again?)")
+    return read_tensors(path)[0]
+
+
+def read_tensors(path: Path, fix: str = "delete the run dir or restore it from a copy"
+                 ) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors of a safetensors file of ours and its metadata; any damage (or a file of
+    someone else's) is one CheckpointError ending in `fix`."""
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("format") != FORMAT:
-                raise CheckpointError(f"{path} was not written by inkfuse (no '{FORMAT}' tag)")
-        return load_file(str(path))
+            metadata = f.metadata() or {}
+        if metadata.get("format") != FORMAT:
+            raise CheckpointError(f"{path} was not written by inkfuse (no '{FORMAT}' tag); {fix}")
+        return load_file(str(path)), metadata
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path} is truncated or corrupt ({first}); "
-                              "delete the run dir or restore it from a copy") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({first}); {fix}") from None
 
 
 def read_json(path: Path) -> Any:

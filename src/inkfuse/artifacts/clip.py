@@ -18,6 +18,7 @@ from inkfuse.artifacts.text_model import load_text_model, save_text_model
 from inkfuse.artifacts.textlm import META as TEXTLM_META
 from inkfuse.artifacts.textlm import WEIGHTS as TEXTLM_WEIGHTS
 from inkfuse.artifacts.textlm import is_textlm_dir, load_textlm
+from inkfuse.artifacts.tokens import load_tokens
 from inkfuse.config import ClipConfig, ClipModelConfig, ClipSettings
 from inkfuse.errors import CheckpointError, ConfigError
 from inkfuse.io import copy_files
@@ -86,14 +87,18 @@ def load_text_encoder(spec: str | Path, device: str | torch.device = "cpu", *,
 
 
 def load_conditioner(spec: str | Path, mode: str, device: str | torch.device = "cpu", *,
-                     trust: bool = False) -> TextConditioner:
+                     trust: bool = False, tokens: str | Path | None = None) -> TextConditioner:
     """A CLIP run dir, a text-LM run dir (or `open_clip:MODEL:WEIGHTS`) as a frozen text
-    conditioner."""
+    conditioner, reading the learned tokens in the folder `tokens` (a run's RUN/tokens,
+    `artifacts.tokens`) if given."""
     if mode not in MODES:
         raise ConfigError(f"text.conditioning = {mode!r} is not one of: {', '.join(MODES)}")
     model, tokenizer, _ = load_text_encoder(spec, device, trust=trust)
     model.requires_grad_(False)
-    return TextConditioner(model, tokenizer, mode)
+    text = TextConditioner(model, tokenizer, mode)
+    if tokens is not None:
+        load_tokens(tokens, text)
+    return text
 
 
 def copy_clip(src: str | Path, dst: Path) -> None:

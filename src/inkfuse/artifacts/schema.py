@@ -38,7 +38,8 @@ def opt(*types: type, items: type | None = None, values: tuple[type, ...] = (),
 
 _NAMES = {dict: "a table", list: "a list", str: "a string", int: "an integer",
           float: "a number", bool: "true/false", type(None): "null"}
-_RECIPE_SECTIONS = ("data", "model", "diffusion", "train", "sample", "text", "vae", "clip")
+_RECIPE_SECTIONS = ("data", "model", "diffusion", "train", "sample", "text", "prior", "vae",
+                    "clip", "finetune")
 
 SCHEMAS: dict[str, dict[str, Field]] = {
     "state.json": {
@@ -64,6 +65,10 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     },
     "textlm.json": {
         "format": req(str), "model": req(dict), "tokenizer": req(dict),
+        "config": opt(dict), "metrics": opt(dict),
+    },
+    "prior.json": {  # RUN/prior of an unCLIP run (`artifacts.prior`)
+        "format": req(str), "model": req(dict), "prior": req(dict),
         "config": opt(dict), "metrics": opt(dict),
     },
     "gan.json": {

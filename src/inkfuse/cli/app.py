@@ -19,14 +19,31 @@ import sys
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-from inkfuse.cli import clip, data, edit, ema, eval, gan, play, sample, textlm, train, vae, viz
+from inkfuse.cli import (
+    clip,
+    data,
+    edit,
+    ema,
+    eval,
+    finetune,
+    gan,
+    invert,
+    play,
+    sample,
+    textlm,
+    train,
+    unclip,
+    vae,
+    viz,
+)
 from inkfuse.errors import ConfigError, InkfuseError
 from inkfuse.runtime import keep_freed_memory
 
 # Each group registers its commands with `add_parser(subparsers)`, in the order `--help` lists
 # them. The groups import torch and the models inside their command functions, never at the
 # top: the parser is built on every call, and `inkfuse --help` should answer at once.
-GROUPS = (train, sample, viz, eval, ema, edit, clip, textlm, vae, gan, data, play)
+GROUPS = (train, finetune, sample, unclip, viz, eval, ema, edit, invert, clip, textlm, vae, gan,
+          data, play)
 
 
 class Parser(argparse.ArgumentParser):

@@ -224,6 +224,18 @@ def overrides(args: argparse.Namespace, sets: list[str] | None = None) -> list[s
     return [*(args.set if sets is None else sets), *extra]
 
 
+def only_sections(sets: list[str], sections: tuple[str, ...], command: str) -> list[str]:
+    """`sets` (`--set` values), each checked to name a key of `sections`: a command whose recipe
+    is a run dir's own may change only its own part of it."""
+    for text in sets:
+        section = text.split("=", 1)[0].strip().split(".")[0]
+        if section not in sections:
+            keys = " or ".join(f"{s}.KEY=VALUE" for s in sections)
+            raise ConfigError(f"--set {text}: {command} takes only {keys} (the rest of the "
+                              "recipe is the run's own)")
+    return sets
+
+
 def run_dir(args: argparse.Namespace) -> Path:
     """`--out`, or runs/<recipe name>: a recipe trains into the same place every time, which is
     what makes rerunning the command resume it."""

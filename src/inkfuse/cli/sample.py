@@ -4,6 +4,7 @@
     inkfuse sample runs/shapes --class 2 --guidance 3 --steps 50 --out circles.png
     inkfuse sample runs/text --prompts-file prompts.txt --guidance 0,1,2,4,8 --out sweep.png
     inkfuse sample runs/demo --upsample runs/shapes-sr --out big.png      # a cascade
+    inkfuse sample runs/unclip --prompt "a red circle" --no-prior --out x.png   # skip the prior
 
 One grid row per (guidance weight, prompt), every row from the same noise, so a guidance sweep
 or a list of prompts compares like with like.
@@ -58,6 +59,13 @@ def add_parser(subparsers: Any) -> None:
     sa.add_argument("--threshold-percentile", action=number(float, lo=0.5, hi=1), default=None,
                     help="dynamic thresholding's percentile p (default: the recipe's, 0.995)")
     add_condition_args(sa, context=True, many=True)
+    sa.add_argument("--no-prior", action="store_true",
+                    help="a CLIP-image run with a diffusion prior: give the decoder the prompt's "
+                         "text embedding, not the prior's image embedding (the course's trick)")
+    sa.add_argument("--prior-steps", action=number(int, lo=1, most=STEPS_MAX), default=None,
+                    help="the prior's sampler steps (default: its [prior] sample_steps)")
+    sa.add_argument("--prior-guidance", action=number(float, lo=0, most=GUIDANCE_MAX),
+                    default=None, help="the prior's CFG weight (default: its [prior] guidance)")
     sa.add_argument("--upsample", default=None, metavar="SR_RUN",
                     help="a super-resolution run that draws the samples again, larger")
     sa.add_argument("--seed", action=number(int, lo=0, most=SEED_MAX), default=0)
@@ -78,8 +86,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from inkfuse import pipelines, viz
 
     out = out_path(args.out, ".png", ".gif", ".npz")
+    if args.no_prior and (args.prior_steps is not None or args.prior_guidance is not None):
+        raise ConfigError("--prior-steps and --prior-guidance set the prior that --no-prior "
+                          "turns off: drop one of them")
     run = pipelines.load_run(existing_run(args.run_dir), ema=not args.no_ema,
-                             compile=args.compile, trust=args.trust_weights)
+                             compile=args.compile, trust=args.trust_weights,
+                             prior=not args.no_prior)
     s = run.config.sample
     cond = condition(args)
     prompts = cond["prompts"]
@@ -98,7 +110,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         progress=True,
         rescale=s.guidance_rescale if args.rescale is None else args.rescale,
         spacing=args.spacing, thresholding=args.threshold,
-        threshold_percentile=args.threshold_percentile,
+        threshold_percentile=args.threshold_percentile, use_prior=not args.no_prior,
+        prior_steps=args.prior_steps, prior_guidance=args.prior_guidance,
         on_step=(lambda i, x, p: frames.append(x.clamp(-1, 1).cpu())) if out.suffix == ".gif"
         else None,
     ) | pipelines.recipe_options(run, sampler) | {k: v for k, v in given.items() if v is not None}

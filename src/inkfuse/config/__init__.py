@@ -19,7 +19,10 @@ from inkfuse.config.core import (
     replace,
     resolve_recipe,
 )
+from inkfuse.config.finetune import FinetuneConfig, FinetuneSettings
 from inkfuse.config.gan import GANConfig, GANModelConfig, GANSettings
+from inkfuse.config.invert import InvertConfig, InvertSettings
+from inkfuse.config.prior import PriorConfig, PriorModelConfig
 from inkfuse.config.recipe import KINDS, load_recipe, recipe_kind
 from inkfuse.config.sections import (
     Config,
@@ -38,8 +41,10 @@ from inkfuse.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CHANNEL_MULT", "KINDS", "RECIPES_DIR", "ClipConfig", "ClipModelConfig",
-    "ClipSettings", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "GANConfig",
-    "GANModelConfig", "GANSettings", "ModelConfig",
+    "ClipSettings", "Config", "ConfigError", "DataConfig", "DiffusionConfig", "FinetuneConfig",
+    "FinetuneSettings", "GANConfig",
+    "GANModelConfig", "GANSettings", "InvertConfig", "InvertSettings", "ModelConfig",
+    "PriorConfig", "PriorModelConfig",
     "Recipe", "SampleConfig", "TextConfig", "TextLMConfig", "TextLMModelConfig",
     "TextLMSettings", "TrainConfig", "VAEConfig", "VAEModelConfig",
     "VAESettings", "apply_overrides", "bounded", "build_section", "check_data", "choice",

@@ -1,7 +1,7 @@
 """The diffusion recipe: one table per section (`[data]`, `[model]`, `[diffusion]`, `[train]`,
-`[sample]`, `[text]`), each a dataclass below, validated field by field (`core.build_section`)
-and then across fields (`Config.check`). `[data]` and `[train]` are the tables every kind of
-recipe shares (the VAE and CLIP recipes use the same two classes).
+`[sample]`, `[text]`), each a dataclass below (`[prior]`: `config.prior`), validated field by
+field (`core.build_section`) and then across fields (`Config.check`). `[data]` and `[train]`
+are the tables every kind of recipe shares (the VAE and CLIP recipes use the same two classes).
 """
 
 from __future__ import annotations
@@ -9,8 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from inkfuse.config.core import Recipe, bounded, choice, listed
+from inkfuse.config.prior import PriorConfig, check_prior
 from inkfuse.errors import ConfigError
 
+# The built-in shapes' words, here so that recipes naming them (data.withhold) are checked with the
+# rest of the recipe; `data.shapes` draws them (class id = index of the kind).
+SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan", "white", "orange")
 SIGMA_REL_MAX = (1 / 12) ** 0.5  # σ_rel of EDM2's power-function EMA at γ = 0 (train.ema)
 
 
@@ -41,6 +46,9 @@ class DataConfig:
                                           "this size (0 = off)")
     holdout: float = bounded(0.0, 0.0, 0.9, doc="shapes: share of (kind, colour, position) "
                                                 "combinations never drawn, kept for testing")
+    withhold: list[str] = field(default_factory=list, metadata={
+        "doc": "shapes: kinds or colours no image or caption ever shows, e.g. ['magenta'] "
+               "(what textual inversion is measured on)"})
     hflip: bool = False
     crop_padding: int = bounded(0, 0, 64, doc="random crop after zero padding by this many px")
 
@@ -123,6 +131,9 @@ class TrainConfig:
     device: str = choice("auto", "auto", "cpu", "cuda")
     seed: int = bounded(0, 0, 2**63 - 1)
     max_minutes: float = bounded(0.0, 0.0, None, doc="stop cleanly after this long (0 = off)")
+    clock: str = choice("wall", "wall", "cpu", doc="what max_minutes and train_seconds count: "
+                        "wall-clock time, or this process's CPU time (equal budgets of compute "
+                        "on a shared machine; one thread's CPU time is a quiet core's wall clock)")
     checkpoint_every: int = bounded(500, 1, None)
     log_every: int = bounded(10, 1, None)
     eval_every: int = bounded(0, 0, None, doc="every this many steps (and at the end), score "
@@ -192,6 +203,7 @@ class Config(Recipe):
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)  # unCLIP (config.prior)
 
     def check(self) -> None:
         _check_consistency(self)
@@ -205,9 +217,17 @@ def check_data(d: DataConfig) -> None:
     if d.name in ("folder", "npy") and not d.path:
         raise ConfigError(f"data.name = {d.name!r} needs data.path "
                           "(set it with --set data.path=...)")
-    if d.name != "shapes" and (d.max_objects != 1 or d.caption_dropout or d.holdout):
-        raise ConfigError("data.max_objects, caption_dropout and holdout apply only to "
-                          "data.name = 'shapes'")
+    if d.name != "shapes" and (d.max_objects != 1 or d.caption_dropout or d.holdout
+                               or d.withhold):
+        raise ConfigError("data.max_objects, caption_dropout, holdout and withhold apply only "
+                          "to data.name = 'shapes'")
+    for word in d.withhold:
+        if word not in (*SHAPES, *COLOURS):
+            raise ConfigError(f"data.withhold: {word!r} is not a shapes kind or colour; pick "
+                              f"from {', '.join((*SHAPES, *COLOURS))}")
+    if len(set(SHAPES) - set(d.withhold)) < 1 or len(set(COLOURS) - set(d.withhold)) < 2:
+        raise ConfigError("data.withhold leaves too little to draw: keep at least one kind "
+                          "and two colours")
 
 
 def check_train(tc: TrainConfig) -> None:
@@ -243,6 +263,7 @@ def _check_consistency(config: Config) -> None:
     check_data(d)
     check_diffusion(config.diffusion)
     check_train(config.train)
+    check_prior(config.prior, d.labels)
     if config.train.eval_every and d.low_res:
         raise ConfigError("train.eval_every does not score super-resolution runs (data.low_res): "
                           "their samples need low-res inputs to upsample; set train.eval_every "
@@ -281,6 +302,12 @@ def _check_consistency(config: Config) -> None:
     if d.labels == "clip-image" and config.text.conditioning != "pooled":
         raise ConfigError("data.labels = 'clip-image' conditions on one embedding per image: "
                           "use text.conditioning = 'pooled'")
+    gone = [(p, w) for p in config.sample.prompts for w in d.withhold if w in p.lower().split()]
+    if gone:
+        prompt, word = gone[0]
+        raise ConfigError(f"sample.prompts: {prompt!r} asks for {word!r}, which data.withhold "
+                          "keeps out of every caption; drop it, e.g. --set "
+                          "\"sample.prompts=['a red circle']\"")
 
 
 def check_unet_shapes(m: ModelConfig, side: int | None) -> None:

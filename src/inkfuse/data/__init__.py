@@ -36,7 +36,7 @@ _DATASETS = {
         "coloured circles, squares, triangles and crosses with captions, generated from the seed",
         lambda cfg, root, seed: shapes.load(
             min(cfg.count, cfg.limit or cfg.count), cfg.size, seed, cfg.max_objects,
-            cfg.caption_dropout, cfg.holdout,
+            cfg.caption_dropout, cfg.holdout, cfg.withhold,
         ),
     ),
     "mnist": _Entry(

@@ -26,8 +26,9 @@ class Pairs:
     scenes: list | None = None
 
 
-def shapes_pairs(count: int, size: int, seed: int, max_objects: int) -> Pairs:
-    images, scenes = generate_shapes(count, size, seed, max_objects)
+def shapes_pairs(count: int, size: int, seed: int, max_objects: int,
+                 withhold: tuple[str, ...] | list[str] = ()) -> Pairs:
+    images, scenes = generate_shapes(count, size, seed, max_objects, withhold=withhold)
     return Pairs(images, [caption(s) for s in scenes], scenes)
 
 

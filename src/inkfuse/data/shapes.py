@@ -17,19 +17,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from inkfuse.config.sections import COLOURS as COLOUR_NAMES
+from inkfuse.config.sections import SHAPES  # class id = index
 from inkfuse.data.dataset import CaptionVariants, ImageDataset
 
-SHAPES = ("circle", "square", "triangle", "cross")  # class id = index
-COLOURS = {  # RGB, saturated so the nearest palette entry is never in doubt
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-    "magenta": (255, 0, 255),
-    "cyan": (0, 255, 255),
-    "white": (255, 255, 255),
-    "orange": (255, 128, 0),
-}
+COLOURS = dict(zip(COLOUR_NAMES, (  # RGB, saturated so the nearest palette entry is never in doubt
+    (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),
+    (255, 255, 255), (255, 128, 0),
+), strict=True))
 BACKGROUND = (0, 0, 0)
 SIZES = {"small": 0.14, "large": 0.22}  # half the shape's width, as a fraction of the image side
 ROWS = ("top", "middle", "bottom")
@@ -73,6 +68,18 @@ def held_out(fraction: float) -> frozenset[tuple[str, str, str]]:
     combos = [(k, c, p) for k in SHAPES for c in COLOURS for p in POSITIONS]
     order = np.random.default_rng(20_221_123).permutation(len(combos))
     return frozenset(combos[i] for i in order[:round(fraction * len(combos))])
+
+
+def excluded(holdout: float = 0.0, withhold: tuple[str, ...] | list[str] = ()
+             ) -> frozenset[tuple[str, str, str]]:
+    """The (kind, colour, position) combinations a dataset never draws: the `held_out(holdout)`
+    ones, and every one whose kind or colour is `withhold`n, so that a model trained on it has
+    never seen that kind or colour at all (textual inversion's honest test)."""
+    combos = held_out(holdout) if holdout else frozenset()
+    if withhold:
+        combos |= {(k, c, p) for k in SHAPES for c in COLOURS for p in POSITIONS
+                   if k in withhold or c in withhold}
+    return frozenset(combos)
 
 
 def random_scenes(count: int, seed: int = 0, max_objects: int = 1,
@@ -230,11 +237,12 @@ def render(scene: list[ShapeSpec], size: int) -> torch.Tensor:
 
 
 def generate_shapes(
-    count: int, size: int, seed: int = 0, max_objects: int = 1, holdout: float = 0.0
+    count: int, size: int, seed: int = 0, max_objects: int = 1, holdout: float = 0.0,
+    withhold: tuple[str, ...] | list[str] = (),
 ) -> tuple[torch.Tensor, list[list[ShapeSpec]]]:
     """`count` random scenes rendered at `size`: (uint8 [N, 3, size, size], scenes), without
-    the `held_out(holdout)` combinations."""
-    scenes = random_scenes(count, seed, max_objects, held_out(holdout) if holdout else frozenset())
+    the `excluded(holdout, withhold)` combinations."""
+    scenes = random_scenes(count, seed, max_objects, excluded(holdout, withhold))
     images = np.empty((count, 3, size, size), np.uint8)
     for i, scene in enumerate(scenes):
         images[i] = _draw(scene, size)
@@ -242,11 +250,12 @@ def generate_shapes(
 
 
 def load(count: int, size: int, seed: int = 0, max_objects: int = 1,
-         caption_dropout: float = 0.0, holdout: float = 0.0) -> ImageDataset:
+         caption_dropout: float = 0.0, holdout: float = 0.0,
+         withhold: tuple[str, ...] | list[str] = ()) -> ImageDataset:
     """The shapes dataset: class = kind of the first object; context = multi-hot kinds and colours
     of all objects (2 ones for one object, up to 4 for two); one caption per image, and with
     `caption_dropout` its shorter variants to draw from in training."""
-    images, scenes = generate_shapes(count, size, seed, max_objects, holdout)
+    images, scenes = generate_shapes(count, size, seed, max_objects, holdout, withhold)
     context = np.zeros((count, len(CONTEXT_NAMES)), np.float32)
     for i, scene in enumerate(scenes):
         for spec in scene:

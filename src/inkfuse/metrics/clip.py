@@ -70,7 +70,8 @@ def evaluate_clip(model: CLIP, tok: BPETokenizer, cfg: ClipConfig, held: Pairs,
     metrics: dict[str, Any] = {}
     if cfg.data.name == "shapes":
         images, scenes = generate_shapes(cfg.clip.eval_count, cfg.data.size,
-                                         cfg.train.seed + 2_000_003, 1)
+                                         cfg.train.seed + 2_000_003, 1,
+                                         withhold=cfg.data.withhold)
         kinds = torch.tensor([SHAPES.index(s[0].kind) for s in scenes])
         colours = torch.tensor([list(COLOURS).index(s[0].colour) for s in scenes])
         metrics["zero_shot_kind"] = zero_shot(model, tok, images, kinds, list(SHAPES),

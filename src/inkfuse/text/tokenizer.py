@@ -9,6 +9,12 @@ Because every byte is in the vocabulary, there are no unknown *tokens*: any stri
 `decode(encode(s, normalize=False)) == s` for every str. A word the text encoder never saw in
 training still gets an embedding, just a meaningless one; `unknown_words` finds such words so
 the CLI can refuse them with a clear message instead of drawing nonsense.
+
+Learned tokens (textual inversion, Gal et al. 2022) are strings added after training
+(`add_token`, which `text.conditioner.TextConditioner.add_token` calls with the id of the new
+embedding row): they are matched literally, longest first, before the text is split into
+chunks, each with the space before it, so "a <tok> circle" is `a`, `<tok>`, ` circle` with the
+token in the slot a word such as ` red` has. Text between them is encoded as before.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ class BPETokenizer:
             self.bytes.append(self.bytes[a] + self.bytes[b])
         self.sot, self.eot, self.pad = range(len(self.bytes), len(self.bytes) + 3)
         self._cache: dict[str, list[int]] = {}
+        self.added: dict[str, int] = {}  # learned tokens: text -> id (after the model's table)
+        self._added: re.Pattern[str] | None = None  # " ?(tok|...)", longest first
 
     @property
     def vocab_size(self) -> int:
@@ -118,26 +126,81 @@ class BPETokenizer:
             self._cache[chunk] = ids
         return ids
 
-    def encode(self, text: str, *, normalize_text: bool = True) -> list[int]:
-        """Token ids of `text`, without `<sot>`/`<eot>`. Normalised first unless told not to."""
-        if normalize_text:
-            text = normalize(text)
+    def _encode_text(self, text: str) -> list[int]:
         return [i for chunk in _CHUNK.findall(text) for i in self._encode_chunk(chunk)]
 
+    def encode(self, text: str, *, normalize_text: bool = True) -> list[int]:
+        """Token ids of `text`, without `<sot>`/`<eot>`. Normalised first unless told not to.
+        Learned tokens become their one id each (module docstring)."""
+        if normalize_text:
+            text = normalize(text)
+        if self._added is None:
+            return self._encode_text(text)
+        ids: list[int] = []
+        for i, piece in enumerate(self._added.split(text)):  # text, token, text, token, ...
+            ids += [self.added[piece.lstrip(" ")]] if i % 2 else self._encode_text(piece)
+        return ids
+
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; special tokens are dropped. Invalid UTF-8 (a cut multi-byte character)
-        becomes U+FFFD rather than an error."""
+        """Text of `ids`; special tokens are dropped, learned tokens are written with a space
+        before them. Invalid UTF-8 (a cut multi-byte character) becomes U+FFFD rather than an
+        error."""
+        learned = {i: f" {text}".encode() for text, i in self.added.items()}
         ids = [int(i) for i in ids]
-        return b"".join(self.bytes[i] for i in ids if i < len(self.bytes)).decode(
-            "utf-8", errors="replace")
+        return b"".join(self.bytes[i] if i < len(self.bytes) else learned.get(i, b"")
+                        for i in ids).decode("utf-8", errors="replace")
+
+    def check_new_token(self, text: str) -> None:
+        """Refuse, in one line, a string that cannot become a learned token: one with
+        whitespace or upper case (prompts are read lower-cased, so it would never match), a
+        special token, a token learned already, a word the captions had (the model has an
+        embedding for it), or a string inside such a word, which would then read differently
+        ("ed" would cut "red" in two)."""
+        check_text(text)
+        example = "e.g. '<magenta-ish>'"
+        if not text or any(c.isspace() for c in text):
+            raise ConfigError(f"the token {text!r} is empty or has spaces: a learned token is "
+                              f"one word without spaces, {example}")
+        if text != text.lower():
+            raise ConfigError(f"the token {text!r} has upper-case letters, but prompts are read "
+                              f"lower-cased: use {text.lower()!r}")
+        if text in SPECIALS:
+            raise ConfigError(f"{text!r} is one of the tokenizer's special tokens: choose "
+                              f"another name, {example}")
+        if text in self.added:
+            raise ConfigError(f"{text!r} is a learned token already: choose another name, "
+                              f"{example}")
+        clash = next((w for w in sorted(self.words) if text in w), None)
+        if clash == text:
+            raise ConfigError(f"{text!r} is a word the text encoder knows already; a learned "
+                              f"token needs a new name, e.g. '<{text}-ish>'")
+        if clash is not None:
+            raise ConfigError(f"{text!r} occurs inside the known word {clash!r}, which would "
+                              f"then read differently: choose another name, e.g. '<{text}>'")
+
+    def add_token(self, text: str, token_id: int) -> None:
+        """Read `text` as the single id `token_id` from now on (`check_new_token` first). The id
+        is the new row of the model's token embedding, which only the model knows; it must lie
+        beyond this tokenizer's own ids."""
+        self.check_new_token(text)
+        if token_id < self.vocab_size or token_id in self.added.values():
+            raise ValueError(f"id {token_id} of {text!r} is taken: learned tokens need ids from "
+                             f"{self.vocab_size} on, one each")
+        self.added[text] = token_id
+        alternatives = "|".join(map(re.escape, sorted(self.added, key=len, reverse=True)))
+        self._added = re.compile(f"( ?(?:{alternatives}))")
 
     def unknown_words(self, text: str) -> list[str]:
         """Words of `text` (after normalising) that never occurred in the training captions, in
-        order of first appearance. Empty when the tokenizer has no word list (trained on none)."""
+        order of first appearance; learned tokens are known. Empty when the tokenizer has no
+        word list (trained on none)."""
         if not self.words:
             return []
+        text = normalize(text)
+        if self._added is not None:
+            text = self._added.sub(" ", text)
         seen: dict[str, None] = {}
-        for word in _WORD.findall(normalize(text)):
+        for word in _WORD.findall(text):
             if word not in self.words:
                 seen.setdefault(word)
         return list(seen)
@@ -205,5 +268,7 @@ def check_prompt(tok: BPETokenizer, text: str) -> None:
     if unknown:
         words = sorted(tok.words)
         known = ", ".join(words[:30]) + (", ..." if len(words) > 30 else "")
+        learned = sorted(getattr(tok, "added", ()))
+        also = f" or its learned tokens ({', '.join(learned)})" if learned else ""
         raise ConfigError(f"the prompt {text!r} has words the model never saw in training: "
-                          f"{', '.join(unknown)}; use words from its captions ({known})")
+                          f"{', '.join(unknown)}; use words from its captions ({known}){also}")

@@ -40,8 +40,9 @@ def clip_pairs(cfg: ClipConfig) -> tuple[Pairs, Pairs]:
     d, n_held = cfg.data, cfg.clip.eval_count
     if d.name == "shapes":
         count = min(d.count, d.limit or d.count)
-        return (shapes_pairs(count, d.size, cfg.train.seed, d.max_objects),
-                shapes_pairs(n_held, d.size, cfg.train.seed + HELD_OUT_SEED, d.max_objects))
+        return (shapes_pairs(count, d.size, cfg.train.seed, d.max_objects, d.withhold),
+                shapes_pairs(n_held, d.size, cfg.train.seed + HELD_OUT_SEED, d.max_objects,
+                             d.withhold))
     pairs = folder_pairs(d.path, d.size)
     n = min(n_held, max(1, len(pairs.captions) // 10))
     return Pairs(pairs.images[:-n], pairs.captions[:-n]), Pairs(pairs.images[-n:],

@@ -35,6 +35,7 @@ from inkfuse.nn import build_model
 from inkfuse.text.conditioner import TextConditioner, is_pretrained
 from inkfuse.train import loop, scoring
 from inkfuse.train.clip import ClipKind
+from inkfuse.train.clip import trim as trim_padding
 from inkfuse.train.loop import Dist, Kind
 from inkfuse.train.textlm import TextLMKind
 from inkfuse.viz import save_grid
@@ -48,16 +49,23 @@ class DiffusionKind(Kind):
         config, device, d = self.config, self.device, self.dist
         data = build_dataset(config.data, seed=config.train.seed)
         check_fits_data(config, data)  # what the images decide, before RUN/clip or RUN/vae
-        self.text = prepare_text(config, self.run_dir, data, device, d, self.progress)
-        self.latent = prepare_latents(config, self.run_dir, device, d)
-        self.config = config = resolve(config, data, self.text, self.latent)
+        text = prepare_text(config, self.run_dir, data, device, d, self.progress)
+        latent = prepare_latents(config, self.run_dir, device, d)
+        self.use(resolve(config, data, text, latent), data, text, latent)
+
+    def use(self, config: Config, data: ImageDataset, text: TextConditioner | None,
+            latent: LatentSpace | None) -> None:
+        """Train the resolved recipe `config` on `data` with these frozen parts: what the steps
+        read, prepared once (a fine-tune comes here with its subject's images)."""
+        device = self.device
+        self.config, self.text, self.latent = config, text, latent
         self.meta, self.size = dataset_meta(data, config), len(data)
         self.data = data.to(device)
-        self.conditions = condition_source(config, self.data, self.text, device)
-        if self.latent is not None:  # encode once; each step draws z from the posterior
-            self.z_mean, self.z_std = self.latent.encode_dataset(self.data.images)
+        self.conditions = condition_source(config, self.data, text, device)
+        if latent is not None:  # encode once; each step draws z from the posterior
+            self.z_mean, self.z_std = latent.encode_dataset(self.data.images)
         self.schedule = Schedule.of(config.diffusion)
-        self.null = self.text.empty_prompt() if self.text is not None else None  # dropped rows
+        self.null = text.empty_prompt() if text is not None else None  # dropped rows
         self.memory = (torch.channels_last if config.train.channels_last
                        else torch.contiguous_format)
 
@@ -107,9 +115,13 @@ class DiffusionKind(Kind):
         checkpoint.write_json(self.run_dir / "config.json",
                               {**self.config.to_dict(), "dataset": self.meta})
 
+    def load_sampler(self, weights: dict[str, Tensor]) -> None:
+        """Put the trained model's (EMA) `weights` into the network the grids sample from."""
+        self.run.net.load_state_dict(weights)
+
     def on_checkpoint(self, step: int, weights: dict[str, Tensor]) -> None:
         """The sample grid of this step, from the EMA weights in memory."""
-        self.run.net.load_state_dict(weights)
+        self.load_sampler(weights)
         s, low_res = self.config.sample, self.config.data.low_res
         real = self.data.to_float(slice(0, 64 * s.per_class)) if low_res else None
         images, labels = pipelines.sample_grid(self.run, per_class=s.per_class, progress=False,
@@ -126,7 +138,7 @@ class DiffusionKind(Kind):
     def score(self, step: int, weights: dict[str, Tensor], metrics: list[str]
               ) -> dict[str, float | None]:
         """`metrics` of train.eval_n samples of the EMA weights in memory."""
-        self.run.net.load_state_dict(weights)
+        self.load_sampler(weights)
         return scoring.score(self.run, metrics, self.config.train.eval_n,
                              scoring.eval_seed(self.config))
 
@@ -223,23 +235,11 @@ def condition_source(config: Config, data: ImageDataset, text: TextConditioner |
                      device: torch.device) -> Conditions:
     """`draw(idx, gen)`: the condition of images `idx` (before the CFG drop).
 
-    Captions are tokenized once; each step encodes its batch with the frozen text model,
-    drawing one of each image's caption variants when the data has them. CLIP image
-    embeddings (the course's trick) are computed once for the whole dataset."""
+    Captions go through `caption_source`. CLIP image embeddings (the course's trick) are
+    computed once for the whole dataset."""
     labels = config.data.labels
     if labels == "text":
-        variants = data.caption_variants
-        texts = variants.texts if variants else [[c] for c in data.captions]
-        probs = (variants.probs if variants else torch.ones(1)).to(device)
-        flat = [c for options in texts for c in options]
-        ids, mask = (t.view(len(texts), len(texts[0]), -1).to(device)
-                     for t in text.tokenize(flat))
-
-        def draw_text(idx: Tensor, gen: torch.Generator) -> Condition:
-            v = torch.multinomial(probs, len(idx), replacement=True, generator=gen)
-            return text.encode_ids(ids[idx, v], mask[idx, v])
-
-        return draw_text
+        return caption_source(data, text, device)
     if labels == "clip-image":
         embeddings = text.encode_images(data.images).to(device)
         return lambda idx, gen: Condition.from_vectors(embeddings[idx])
@@ -248,6 +248,29 @@ def condition_source(config: Config, data: ImageDataset, text: TextConditioner |
     if data.context is not None:
         return lambda idx, gen: Condition.from_vectors(data.context[idx])
     return lambda idx, gen: Condition.from_labels(data.labels[idx], config.model.cond_dim)
+
+
+def caption_source(data: ImageDataset, text: TextConditioner, device: torch.device,
+                   trim: bool = False) -> Conditions:
+    """`draw(idx, gen)`: the text condition of the captions of images `idx` (indices on
+    `device`). Captions are tokenized once; each step encodes its batch with the frozen text
+    model, drawing one of each image's caption variants when the data has them (a text U-Net's
+    condition, and the diffusion prior's input). `trim` cuts the padding no caption of the batch
+    reaches before encoding (`train.clip.trim`: the text tower masks padding, so the real
+    tokens' features are the same, for a third of the work on shapes captions); the text
+    U-Nets keep the full context length they were trained with."""
+    variants = data.caption_variants
+    texts = variants.texts if variants else [[c] for c in data.captions]
+    probs = (variants.probs if variants else torch.ones(1)).to(device)
+    flat = [c for options in texts for c in options]
+    ids, mask = (t.view(len(texts), len(texts[0]), -1).to(device) for t in text.tokenize(flat))
+
+    def draw_text(idx: Tensor, gen: torch.Generator) -> Condition:
+        v = torch.multinomial(probs, len(idx), replacement=True, generator=gen)
+        batch = (ids[idx, v], mask[idx, v])
+        return text.encode_ids(*(trim_padding(*batch) if trim else batch))
+
+    return draw_text
 
 
 def prepare_text(config: Config, run_dir: Path, data: ImageDataset, device: torch.device,
@@ -309,7 +332,7 @@ def text_recipe(config: Config) -> tuple[ClipConfig | TextLMConfig, type[Kind]]:
     if dc.name != "shapes":
         raise TrainingError("only shapes captions can train a text encoder on the fly; train one "
                             "with `inkfuse clip train` on a folder recipe and set text.encoder")
-    data = {"size": dc.size, "max_objects": dc.max_objects}
+    data = {"size": dc.size, "max_objects": dc.max_objects, "withhold": list(dc.withhold)}
     train = {"steps": config.text.clip_steps, "seed": config.train.seed,
              "device": config.train.device}
     if config.text.kind == "lm":

@@ -360,7 +360,8 @@ def _train(kind: Kind, run_dir: Path, device: torch.device, d: Dist, progress: b
     budget = f" (stops after {tc.max_minutes:g} min)" if tc.max_minutes else ""
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and d.main), unit="step",
                desc=f"{kind.label}{budget}", dynamic_ncols=True)
-    t0, images_seen = time.monotonic(), 0
+    clock = time.process_time if tc.clock == "cpu" else time.monotonic
+    t0, images_seen = clock(), 0
     scoring = 0.0  # seconds spent in `kind.score`: not training time
     step = start
     net.train()
@@ -382,7 +383,7 @@ def _train(kind: Kind, run_dir: Path, device: torch.device, d: Dist, progress: b
             for key, value in logged.items():
                 parts[key] = parts.get(key, 0.0) + value / tc.grad_accum
 
-        elapsed = time.monotonic() - t0 - scoring
+        elapsed = clock() - t0 - scoring
         diverged, out_of_time = agree(d, device, not math.isfinite(total),
                                       tc.max_minutes > 0 and elapsed > 60 * tc.max_minutes)
         if diverged:
@@ -403,15 +404,15 @@ def _train(kind: Kind, run_dir: Path, device: torch.device, d: Dist, progress: b
         if d.main and powers and (step % tc.ema_snapshots_every == 0 or last):
             save_snapshots(run_dir, powers, step)
         if metrics and (step % tc.eval_every == 0 or last):
-            began = time.monotonic()
+            began = clock()
             if d.main:
                 scores = kind.score(step, (ema or net).state_dict(), metrics)
                 append_log(run_dir / LOG, {"step": step, "eval": scores, "eval_n": tc.eval_n,
-                                           "eval_seconds": time.monotonic() - began,
+                                           "eval_seconds": clock() - began,
                                            "seconds": elapsed, "train_seconds": trained + elapsed})
             if d.world > 1:
                 dist.barrier()
-            scoring += time.monotonic() - began
+            scoring += clock() - began
         if d.main and (step % tc.log_every == 0 or last):
             rate = images_seen / max(elapsed, 1e-9)
             bar.set_postfix(loss=f"{total:.4f}", img_s=f"{rate:.0f}")

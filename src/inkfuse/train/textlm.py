@@ -24,7 +24,13 @@ from inkfuse.artifacts.log import LOG, read_log
 from inkfuse.artifacts.textlm import save_textlm
 from inkfuse.config import TextLMConfig, TextLMModelConfig
 from inkfuse.data.captions import folder_pairs
-from inkfuse.data.shapes import caption, caption_variants, random_scenes, variant_probs
+from inkfuse.data.shapes import (
+    caption,
+    caption_variants,
+    excluded,
+    random_scenes,
+    variant_probs,
+)
 from inkfuse.nn.textlm import TextLM
 from inkfuse.train.clip import ClipKind, tokenize_variants, trim
 from inkfuse.train.loop import HELD_OUT_SEED, Kind
@@ -40,8 +46,10 @@ def textlm_captions(cfg: TextLMConfig) -> tuple[list[list[str]], Tensor, list[st
     A folder: its captions, the last tenth (at most textlm.eval_count) held out."""
     d, n_held = cfg.data, cfg.textlm.eval_count
     if d.name == "shapes":
-        scenes = random_scenes(min(d.count, d.limit or d.count), cfg.train.seed, d.max_objects)
-        held = random_scenes(n_held, cfg.train.seed + HELD_OUT_SEED, d.max_objects)
+        gone = excluded(withhold=d.withhold)
+        scenes = random_scenes(min(d.count, d.limit or d.count), cfg.train.seed, d.max_objects,
+                               gone)
+        held = random_scenes(n_held, cfg.train.seed + HELD_OUT_SEED, d.max_objects, gone)
         if d.caption_dropout > 0:
             return ([caption_variants(s) for s in scenes], variant_probs(d.caption_dropout),
                     [caption(s) for s in held])
