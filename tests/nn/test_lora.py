@@ -6,24 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_text_unet import K, L, W, text_net  # the same small text U-Net
 
-from inkfuse.config import ModelConfig
-from inkfuse.nn import UNet
 from inkfuse.nn.lora import Adapted, LoRA, narrowest, targets
-
-K, W, L = 6, 12, 5
-
-
-def text_net(mode: str = "both") -> UNet:
-    torch.manual_seed(0)
-    cfg = ModelConfig(in_channels=3, base_channels=16, channel_mult=[1, 2],
-                      attention_resolutions=[4], head_dim=8, null_condition="empty-prompt",
-                      cond_dim=K if mode != "cross-attention" else 0,
-                      token_dim=W if mode != "pooled" else 0)
-    net = UNet(cfg, 8, 100)
-    for p in net.parameters():  # zero-initialised output layers would hide every input
-        torch.nn.init.normal_(p, std=0.1)
-    return net.eval()
 
 
 def inputs(b: int = 3) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
@@ -72,7 +57,7 @@ def test_targets_are_the_attention_projections_and_the_text_projection(mode: str
 
 
 def test_zero_b_is_the_base_exactly_and_only_adapters_learn() -> None:
-    net = text_net()
+    net = text_net("both")
     args, kwargs = inputs()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     expected = net(*args, **kwargs)
@@ -95,12 +80,12 @@ def test_zero_b_is_the_base_exactly_and_only_adapters_learn() -> None:
 
 
 def test_merged_weights_compute_what_the_hooked_network_does() -> None:
-    net = text_net()
+    net = text_net("both")
     args, kwargs = inputs()
     adapted = Adapted(net, rank=3, alpha=6.0)
     randomise(adapted)
     hooked = adapted(*args, **kwargs)
-    assert not torch.allclose(hooked, text_net()(*args, **kwargs), atol=1e-3)
+    assert not torch.allclose(hooked, text_net("both")(*args, **kwargs), atol=1e-3)
     adapted_layers = {name for name, _, _ in targets(net)}
     untouched = {k: v.clone() for k, v in net.state_dict().items()
                  if k.rsplit(".", 1)[0] not in adapted_layers}
