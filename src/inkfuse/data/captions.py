@@ -32,8 +32,10 @@ def shapes_pairs(count: int, size: int, seed: int, max_objects: int,
     return Pairs(images, [caption(s) for s in scenes], scenes)
 
 
-def folder_pairs(path: str | Path, size: int) -> Pairs:
-    """Read `captions.csv` or `captions.jsonl` in `path`; every listed image, resized."""
+def folder_pairs(path: str | Path, size: int, least: int = 2) -> Pairs:
+    """Read `captions.csv` or `captions.jsonl` in `path`; every listed image, resized. At least
+    `least` of them: a contrastive model needs 2 (one pair has nothing to tell apart), a subject
+    for fine-tuning or inversion 1."""
     root = Path(path)
     rows: list[tuple[str, str]] = []
     if (root / "captions.csv").is_file():
@@ -55,8 +57,8 @@ def folder_pairs(path: str | Path, size: int) -> Pairs:
     else:
         raise DataError(f"{root} has no captions.csv or captions.jsonl: add one with lines "
                         "'path,caption'")
-    if len(rows) < 2:
-        raise DataError(f"{root} lists {len(rows)} captioned images; CLIP needs at least 2")
+    if len(rows) < least:
+        raise DataError(f"{root} lists {len(rows)} captioned images; add at least {least}")
     images = torch.stack([load_image(root / p, size) for p, _ in rows])
     return Pairs(images, [c for _, c in rows])
 

@@ -26,7 +26,7 @@ def subject_images(path: str | Path, size: int, channels: int, prompt: str) -> I
         raise DataError(f"--images {path} is not a folder: give the folder with the subject's "
                         "images (3 to 5 are usual)")
     if any((root / name).is_file() for name in CAPTION_FILES):
-        pairs = folder_pairs(root, size)
+        pairs = folder_pairs(root, size, least=1)
         return ImageDataset(pairs.images, captions=pairs.captions, name=root.name)
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in EXTENSIONS
                    and not p.name.startswith(".") and p.is_file())
