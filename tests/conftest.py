@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Iterator
 from pathlib import Path
+
+# x86 kernels round differently on AVX2 and AVX-512 (PyTorch's own, oneDNN's and MKL's dispatch),
+# so the bit-exact digests of test_golden would hold on one kind of CPU only: the suite runs the
+# AVX2 kernels everywhere on x86, set before torch loads (a user's own runs are untouched).
+if platform.machine().lower() in ("x86_64", "amd64"):
+    for var, isa in (("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+                     ("MKL_ENABLE_INSTRUCTIONS", "AVX2")):
+        os.environ.setdefault(var, isa)
 
 import pytest
 import torch
