@@ -35,9 +35,21 @@ def test_freed_blocks_are_reused_without_page_faults():
 ])
 def test_auto_precision_picks_bf16_only_where_the_cpu_has_it(monkeypatch, flags, expected) -> None:
     monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset(flags))
+    for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):  # conftest caps them at AVX2
+        monkeypatch.delenv(var, raising=False)
     assert runtime.resolve_precision("auto", "cpu") == expected
     assert runtime.resolve_precision("fp32", "cpu") == "fp32"  # an explicit choice is kept
     assert runtime.resolve_precision("bf16", "cpu") == "bf16"
+
+
+@pytest.mark.parametrize(("var", "value"), [("ATEN_CPU_CAPABILITY", "avx2"),
+                                            ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")])
+def test_kernels_capped_below_bf16_count_as_emulated(monkeypatch, var, value) -> None:
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    for v in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv(var, value)
+    assert runtime.resolve_precision("auto", "cpu") == "fp32"
 
 
 def test_auto_precision_is_a_recipe_value() -> None:

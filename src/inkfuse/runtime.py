@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
@@ -33,6 +34,10 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP))
 
 
+_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                      "AVX512_CORE_VNNI")
+
+
 @functools.cache
 def _cpu_flags() -> frozenset[str]:
     try:
@@ -51,13 +56,17 @@ def native_bf16(device_type: str) -> bool:
     On a CPU that only PyTorch's emulation serves (AVX2, plain AVX-512 without AVX512_BF16 or
     AMX) a bf16 convolution is many times slower than fp32 (benchmarks/README.md), so `auto`
     precision must not pick it there. CUDA asks the driver; other CPUs read Linux's flags, and
-    a CPU whose flags cannot be read counts as having none.
+    a CPU whose flags cannot be read counts as having none, and so does one whose vector
+    kernels were capped below AVX-512 (ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA, as the test
+    suite does to make results bit-exact across CPUs): bf16 is emulated there too.
     """
     if device_type == "cuda":
         import torch  # only here: the rest of the core stays torch-free
 
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    capped = (os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2")
+              or os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISAS_WITHOUT_BF16)
+    return not capped and bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
 def resolve_precision(precision: str, device_type: str) -> str:

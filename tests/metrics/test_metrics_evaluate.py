@@ -65,6 +65,7 @@ def test_evaluate_shapes_run(shapes_run, tiny_inception):
                  fid_weights=tiny_inception, progress=False, trust_weights=True)
     assert r["n"] == 8 and r["steps"] == 2 and r["dataset"] == "shapes"
     assert r["fid_reference"].startswith("shapes-test-16px-clean-custom-")
+    assert r["fid_network"].startswith("custom-")  # a trusted file runs as it is, in fp32
     assert r["fid"] >= 0 and math.isfinite(r["kid"]) and r["kid_std"] >= 0
     assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["accuracy"] <= 1
     json.dumps(r)  # plain JSON values only

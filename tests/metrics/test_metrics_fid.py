@@ -13,6 +13,7 @@ from PIL import Image
 
 from inkfuse.errors import ConfigError, DataError
 from inkfuse.metrics import fid
+from inkfuse.metrics.inception import FIDInception
 
 # CI clones the repository beside shared/, which holds the Inception file.
 INCEPTION = (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fid"
@@ -154,6 +155,11 @@ def test_preprocess_protocols():
         (299, 299), Image.Resampling.BICUBIC)
     np.testing.assert_allclose(fid.preprocess(image, "clean")[0, 1].numpy(),
                                (np.asarray(pil) - 128) / 128, rtol=0, atol=1e-6)
+    big = torch.randint(0, 256, (1, 1, 400, 350), dtype=torch.uint8)  # downsampling widens
+    pil = Image.fromarray(big[0, 0].numpy().astype(np.float32), mode="F").resize(  # the filter
+        (299, 299), Image.Resampling.BICUBIC)
+    np.testing.assert_allclose(fid.preprocess(big, "clean")[0, 0].numpy(),
+                               (np.asarray(pil) - 128) / 128, rtol=0, atol=1e-6)
     flat = torch.full((2, 3, 299, 299), 128, dtype=torch.uint8)  # already 299: not resized
     assert fid.preprocess(flat, "clean").abs().max() == 0
     floats = torch.zeros(1, 3, 8, 8)  # floats in [-1, 1] are quantised like `inkfuse sample`
@@ -177,6 +183,27 @@ def test_inception_features_are_stable(monkeypatch):
     assert a.shape == (2, fid.FEATURE_DIM) and a.dtype == np.float32
     assert np.isfinite(a).all() and (a >= 0).all() and a.std() > 0
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not INCEPTION.is_file(), reason=f"{INCEPTION} not found")
+def test_the_eager_network_computes_the_torchscript_graph(monkeypatch):
+    """Batch norm folded into the convs and pytorch-fid's block layout: the same features as
+    the shipped graph in fp32; bf16 is its own network id, so caches never mix the two."""
+    monkeypatch.setenv("INKFUSE_DATA", str(INCEPTION.parents[1]))
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    x = fid.preprocess(images)
+    eager = fid.load_inception(device="cpu", precision="fp32")
+    assert eager.id == fid.INCEPTION_ID and isinstance(eager.net, FIDInception)
+    with torch.inference_mode():
+        graph = fid._load_jit(str(fid.inception_path()), "cpu")(x)
+        torch.testing.assert_close(eager(x), graph, rtol=1e-4, atol=1e-4)
+        bf16 = fid.load_inception(device="cpu", precision="bf16")
+        assert bf16.id == fid.INCEPTION_ID + "+bf16"
+        rel = (bf16(x[:1]).float() - graph[:1]).norm() / graph[:1].norm()
+    assert rel < 0.05
+    with pytest.raises(ConfigError, match="unknown Inception precision 'fp16'"):
+        fid.load_inception(device="cpu", precision="fp16")
 
 
 def test_inception_missing_offline_is_one_clear_error(tmp_path, monkeypatch):

@@ -120,12 +120,15 @@ def evaluate_images(
     fid_weights: str | os.PathLike[str] | None = None, progress: bool = True,
     kid_subset: int = 1000, kid_subsets: int = 100, seed: int = 0, trust_weights: bool = False,
     train_seed: int = 0, nn_grid: str | os.PathLike[str] | None = None,
+    fid_precision: str = "auto",
 ) -> dict[str, Any]:
     """The asked metrics of given images (uint8 [N, C, H, W] or floats in [-1, 1]) against the
     dataset `data` describes (its name, size, and for shapes max_objects). `trust_weights`
     lets an Inception file other than the standard one be loaded (TorchScript can run code).
     The copy check (nn) compares with `data`'s training images, drawn with `train_seed` as
-    training drew them (shapes), and writes its grid to `nn_grid` if given."""
+    training drew them (shapes), and writes its grid to `nn_grid` if given. `fid_precision`:
+    what the Inception runs in (`fid.load_inception`; the network id it gives is returned as
+    "fid_network", since bf16 and fp32 FIDs differ by up to ~1%)."""
     names = parse_metrics(metrics)
     if "bpd" in names:
         raise ConfigError("bpd scores a model, not images: give a run dir, not an .npz")
@@ -137,7 +140,9 @@ def evaluate_images(
         labels = _check_labels(labels, n, data)
     results: dict[str, Any] = {}
     if any(m in names for m in _INCEPTION_METRICS):
-        net = fid.load_inception(fid_weights, trust=trust_weights)  # fails fast if missing
+        net = fid.load_inception(fid_weights, trust=trust_weights,  # fails fast if missing
+                                 precision=fid_precision)
+        results["fid_network"] = net.id
         test = replace(data, split="test", limit=0, hflip=False, crop_padding=0)
         ref = fid.reference_stats(test, n=reference_n, size=x.shape[-1], resize=resize,
                                   network=net, progress=progress)
@@ -199,7 +204,7 @@ def evaluate(
     progress: bool = True, trust_weights: bool = False, bpd_estimators: tuple[str, ...] =
     likelihood.ESTIMATORS, bpd_t_samples: int = 8, bpd_ode_steps: int = 32,
     bpd_solver: str = "rk4", bpd_variance: str = "posterior",
-    nn_grid: str | os.PathLike[str] | None = None,
+    nn_grid: str | os.PathLike[str] | None = None, fid_precision: str = "auto",
 ) -> dict[str, Any]:
     """Sample `n` images from `run` (a `Run` or a run dir) and compute `metrics` (see the
     module doc). Sampler, steps, guidance and eta default to the run's [sample] settings.
@@ -235,7 +240,7 @@ def evaluate(
                 "seconds": round(time.time() - start, 2)}
     if any(m in names for m in _INCEPTION_METRICS):
         # a missing or untrusted file fails before minutes of sampling
-        fid.load_inception(fid_weights, trust=trust_weights)
+        fid.load_inception(fid_weights, trust=trust_weights, precision=fid_precision)
     s = cfg.sample
     settings = {
         "sampler": s.sampler if sampler is None else sampler,
@@ -259,7 +264,8 @@ def evaluate(
     results |= evaluate_images(images, labels, cfg.data, sampled, reference_n=reference_n,
                                resize=resize, fid_weights=fid_weights, progress=progress,
                                seed=seed, trust_weights=trust_weights,
-                               train_seed=cfg.train.seed, nn_grid=nn_grid)
+                               train_seed=cfg.train.seed, nn_grid=nn_grid,
+                               fid_precision=fid_precision)
     return {
         **head, **settings, "seed": seed, "ema": ema, **results,
         "sample_seconds": round(sample_seconds, 2),
@@ -272,6 +278,7 @@ def evaluate_npz(
     max_objects: int = 1, reference_n: int | None = None, resize: str = "clean",
     fid_weights: str | os.PathLike[str] | None = None, progress: bool = True, seed: int = 0,
     trust_weights: bool = False, nn_grid: str | os.PathLike[str] | None = None,
+    fid_precision: str = "auto",
 ) -> dict[str, Any]:
     """The metrics of images saved by `inkfuse sample --out x.npz` against `dataset` (the copy
     check: against its training split as a default recipe draws it)."""
@@ -285,7 +292,8 @@ def evaluate_npz(
         raise ConfigError(f"--dataset: {e}") from None
     results = evaluate_images(images, labels, data, metrics, reference_n=reference_n,
                               resize=resize, fid_weights=fid_weights, progress=progress,
-                              seed=seed, trust_weights=trust_weights, nn_grid=nn_grid)
+                              seed=seed, trust_weights=trust_weights, nn_grid=nn_grid,
+                              fid_precision=fid_precision)
     return {"npz": str(path), "dataset": dataset, "size": images.shape[-1], "n": len(images),
             **results}
 
