@@ -41,7 +41,7 @@ def images(name: str, split: str, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def blurred(x: torch.Tensor) -> torch.Tensor:
-    """A 3×3 box blur: a model-like gap from the real images (FID in the tens)."""
+    """A 3×3 box blur: a model-like gap from the real images (FID ~90 at n = 1000)."""
     y = F.avg_pool2d(x.float(), 3, stride=1, padding=1, count_include_pad=False)
     return y.round().clamp(0, 255).to(torch.uint8)
 
@@ -61,12 +61,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "fid_speed.md")
     args = ap.parse_args()
     torch.manual_seed(0)
-    nets = {"TorchScript graph, fp32": None,
+    graph = fid._load_jit(str(fid.inception_path()), "cpu")  # fed channels-last, as all are
+    nets = {"TorchScript graph, fp32": fid.Inception(graph, "graph", torch.device("cpu")),
             "eager, fp32": fid.load_inception(device="cpu", precision="fp32"),
             "eager, bf16": fid.load_inception(device="cpu", precision="bf16")}
-    path = fid.inception_path()
-    nets["TorchScript graph, fp32"] = fid.Inception(fid._load_jit(str(path), "cpu"), "graph",
-                                                    torch.device("cpu"))
     lines = [f"# FID Inception: speed and bf16 agreement ({torch.get_num_threads()} threads, "
              f"CPU capability {torch.backends.cpu.get_cpu_capability()})", "",
              "| network | 28 px gray img/s | 16 px RGB img/s |", "|---|---:|---:|"]

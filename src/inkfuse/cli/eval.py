@@ -72,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
                     help="Inception TorchScript file (default: $INKFUSE_FID_WEIGHTS or data dir)")
     ev.add_argument("--fid-precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="what the Inception runs in: bf16 where the hardware has it natively "
-                         "(auto, default; ~2× fp32's speed, FIDs within ~1%% of fp32's) or "
+                         "(auto, default; ~2× fp32's speed, FIDs up to ~1.2%% from fp32's) or "
                          "fp32, to compare with numbers published in fp32")
     add_trust_arg(ev, "an --fid-weights file, or a run's open_clip text encoder,")
     ev.add_argument("--bpd-estimator", default="both", choices=["vlb", "ode", "both"],

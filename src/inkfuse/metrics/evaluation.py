@@ -128,7 +128,7 @@ def evaluate_images(
     The copy check (nn) compares with `data`'s training images, drawn with `train_seed` as
     training drew them (shapes), and writes its grid to `nn_grid` if given. `fid_precision`:
     what the Inception runs in (`fid.load_inception`; the network id it gives is returned as
-    "fid_network", since bf16 and fp32 FIDs differ by up to ~1%)."""
+    "fid_network", since bf16 and fp32 FIDs differ by up to ~1.2%)."""
     names = parse_metrics(metrics)
     if "bpd" in names:
         raise ConfigError("bpd scores a model, not images: give a run dir, not an .npz")
